@@ -1,0 +1,124 @@
+"""`pram-ros`: the command line of the package (bags, demo data; later map building and evaluation)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .core.bag import BagError, BagReader, BagTopics
+
+
+def _topic_args(p: argparse.ArgumentParser) -> None:
+    d = BagTopics()
+    g = p.add_argument_group("topics (defaults from the bag contract)")
+    for name in ("image", "compressed", "camera_info", "pose", "tf", "tf_static"):
+        g.add_argument(f"--{name.replace('_', '-')}-topic", dest=f"{name}_topic", default=getattr(d, name))
+
+
+def _topics(a: argparse.Namespace) -> BagTopics:
+    return BagTopics(a.image_topic, a.compressed_topic, a.camera_info_topic, a.pose_topic, a.tf_topic,
+                     a.tf_static_topic)
+
+
+def bag_summary(path: Path, topics: BagTopics = BagTopics()) -> str:
+    """A few lines describing a contract bag: topics, counts, images, poses, odometry."""
+    with BagReader(path, topics) as r:
+        counts = r.counts()
+        lines = [f"{path}:"]
+        lines += [f"  {t:<32} {ty:<32} {counts.get(t, 0):>6} msgs" for t, ty in sorted(r.available.items())]
+        first = next(r.frames(), None)
+        if first is not None:
+            c = first.camera
+            lines.append(f"  images: {len(r)} x {c.width}x{c.height} on {r.image_topic}, camera {c.model} "
+                         f"fx={c.fx:.1f} fy={c.fy:.1f}, frame '{first.camera_frame}'")
+            lines.append(f"  ground-truth poses: {'yes' if r.has_poses else 'no'}; odometry: "
+                         f"{'yes' if first.T_odom_base is not None else 'no'}; camera extrinsic: "
+                         f"{'yes' if first.T_base_camera is not None else 'no'}")
+    return "\n".join(lines)
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    for bag in a.bags:
+        print(bag_summary(Path(bag), _topics(a)))
+    return 0
+
+
+def cmd_make_demo_data(a: argparse.Namespace) -> int:
+    from .core.synthetic import make_demo_data
+
+    paths = make_demo_data(a.out, storage=a.storage, compressed=a.compressed, max_images=a.max_images)
+    for p in paths.values():
+        print(bag_summary(p))
+    return 0
+
+
+def cmd_fox_to_bag(a: argparse.Namespace) -> int:
+    from .core.fox import fox_to_bags
+
+    paths = fox_to_bags(a.fox_dir, a.out, query_every=a.query_every, storage=a.storage)
+    for p in paths.values():
+        print(bag_summary(p))
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """The main job on the embedded default: generate the demo bags (once) and describe them."""
+    from .core.synthetic import make_demo_data
+
+    data = Path(a.data)
+    bags = {"map": data / "demo_map", "query": data / "demo_query"}
+    if a.regenerate or not all((p / "metadata.yaml").exists() for p in bags.values()):
+        print(f"== generating the demo bags in {data}/ (synthetic 3-room scene, 640x480)")
+        bags = make_demo_data(data)
+    else:
+        print(f"== demo bags already in {data}/ (pass --regenerate to render them again)")
+    for p in bags.values():
+        print(bag_summary(p))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pram-ros", description=__doc__)
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("info", help="describe contract bags")
+    p.add_argument("bags", nargs="+")
+    _topic_args(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("make-demo-data", help="render the synthetic mapping and query bags")
+    p.add_argument("--out", default="data", help="output folder (default: data)")
+    p.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3")
+    p.add_argument("--compressed", choices=["jpeg", "png"], default=None, help="write CompressedImage")
+    p.add_argument("--max-images", type=int, default=None, help="truncate each run (for quick tests)")
+    p.set_defaults(func=cmd_make_demo_data)
+
+    p = sub.add_parser("fox-to-bag", help="convert the fox image set into a map bag and a query bag")
+    p.add_argument("fox_dir", help="folder with transforms.json and images/")
+    p.add_argument("--out", default="data", help="output folder (default: data)")
+    p.add_argument("--query-every", type=int, default=5, help="every N-th present image is a query")
+    p.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3")
+    p.set_defaults(func=cmd_fox_to_bag)
+
+    p = sub.add_parser("demo", help="run the demo on the embedded synthetic scene")
+    p.add_argument("--data", default="data", help="where the demo bags go (default: data)")
+    p.add_argument("--regenerate", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return a.func(a)
+    except (BagError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"pram-ros: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Camera model as sensor_msgs/CameraInfo describes it, with projection and COLMAP conversion."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+# ROS distortion model -> (number of coefficients, COLMAP model with its parameter order).
+DISTORTION_MODELS = {
+    "plumb_bob": 5,  # k1 k2 p1 p2 k3
+    "rational_polynomial": 8,  # k1 k2 p1 p2 k3 k4 k5 k6
+    "equidistant": 4,  # k1 k2 k3 k4 (fisheye)
+}
+
+
+class CameraError(ValueError):
+    """A camera model that cannot be used (uncalibrated, unknown distortion, bad numbers)."""
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Pinhole intrinsics plus a ROS distortion model; pixel coordinates as OpenCV (0 = pixel centre)."""
+
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    model: str = "plumb_bob"
+    D: tuple[float, ...] = field(default=(0.0, 0.0, 0.0, 0.0, 0.0))
+
+    def __post_init__(self) -> None:
+        if self.model not in DISTORTION_MODELS:
+            raise CameraError(
+                f"unknown distortion model {self.model!r}; supported: {sorted(DISTORTION_MODELS)}")
+        n = DISTORTION_MODELS[self.model]
+        d = tuple(float(x) for x in self.D) + (0.0,) * max(0, n - len(self.D))
+        if len(d) > n and any(d[n:]):
+            raise CameraError(f"{self.model} takes {n} coefficients, got {len(self.D)}")
+        object.__setattr__(self, "D", d[:n])
+        nums = (self.fx, self.fy, self.cx, self.cy, *self.D)
+        if not all(np.isfinite(nums)):
+            raise CameraError(f"non-finite intrinsics or distortion: {nums}")
+        if self.fx <= 0 or self.fy <= 0:
+            raise CameraError(f"uncalibrated camera (fx={self.fx}, fy={self.fy}); K[0] must be > 0")
+        if not (0 < self.width <= 20000 and 0 < self.height <= 20000):
+            raise CameraError(f"implausible image size {self.width}x{self.height}")
+
+    @property
+    def K(self) -> np.ndarray:
+        return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1.0]])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    @classmethod
+    def from_camera_info(cls, msg: Any) -> "Camera":
+        """From a sensor_msgs/CameraInfo (an rclpy or a rosbags message)."""
+        K = np.asarray(msg.k, dtype=float).reshape(-1)
+        D = np.asarray(msg.d, dtype=float).reshape(-1)
+        model = msg.distortion_model or "plumb_bob"
+        if K.size != 9:
+            raise CameraError(f"CameraInfo.k has {K.size} values, expected 9")
+        if not D.size and model == "plumb_bob":
+            D = np.zeros(5)
+        return cls(int(msg.width), int(msg.height), float(K[0]), float(K[4]), float(K[2]), float(K[5]),
+                   model, tuple(float(x) for x in D))
+
+    def camera_info_fields(self) -> dict[str, Any]:
+        """The CameraInfo fields (k, d, p, r, distortion_model, width, height) of this camera."""
+        P = np.zeros((3, 4))
+        P[:, :3] = self.K
+        return dict(width=self.width, height=self.height, distortion_model=self.model,
+                    d=np.array(self.D, float), k=self.K.reshape(-1), r=np.eye(3).reshape(-1),
+                    p=P.reshape(-1))
+
+    def scaled(self, s: float) -> "Camera":
+        """The same camera for an image resized by factor s."""
+        w, h = max(1, round(self.width * s)), max(1, round(self.height * s))
+        sx, sy = w / self.width, h / self.height
+        return Camera(w, h, self.fx * sx, self.fy * sy, (self.cx + 0.5) * sx - 0.5,
+                      (self.cy + 0.5) * sy - 0.5, self.model, self.D)
+
+    def project(self, p_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels of camera-frame points (N,3) and a mask of those in front of the camera."""
+        p = np.asarray(p_cam, dtype=np.float64).reshape(-1, 3)
+        front = p[:, 2] > 1e-6
+        uv = np.full((len(p), 2), np.nan)
+        if front.any():
+            obj = p[front].reshape(-1, 1, 3)
+            zero = np.zeros(3)
+            if self.model == "equidistant":
+                img, _ = cv2.fisheye.projectPoints(obj, zero, zero, self.K, np.array(self.D))
+            else:
+                img, _ = cv2.projectPoints(obj, zero, zero, self.K, np.array(self.D))
+            uv[front] = img.reshape(-1, 2)
+        return uv, front
+
+    def normalize(self, uv: np.ndarray) -> np.ndarray:
+        """Undistorted normalized image coordinates (x/z, y/z) of pixels (N,2)."""
+        pts = np.asarray(uv, dtype=np.float64).reshape(-1, 1, 2)
+        if self.model == "equidistant":
+            out = cv2.fisheye.undistortPoints(pts, self.K, np.array(self.D))
+        else:
+            out = cv2.undistortPoints(pts, self.K, np.array(self.D), None, None, None,
+                                          (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 40, 1e-10))
+        return out.reshape(-1, 2)
+
+    def to_pycolmap(self):
+        """The equivalent pycolmap.Camera (COLMAP measures pixels from the corner: +0.5)."""
+        import pycolmap
+
+        base = [self.fx, self.fy, self.cx + 0.5, self.cy + 0.5]
+        if self.model == "equidistant":
+            model, params = "OPENCV_FISHEYE", base + list(self.D)
+        elif self.model == "plumb_bob" and self.D[4] == 0.0:
+            model, params = "OPENCV", base + list(self.D[:4])
+        else:  # FULL_OPENCV: k1 k2 p1 p2 k3 k4 k5 k6
+            model, params = "FULL_OPENCV", base + list((self.D + (0.0,) * 8)[:8])
+        return pycolmap.Camera(model=model, width=self.width, height=self.height, params=params)

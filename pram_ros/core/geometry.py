@@ -1,0 +1,79 @@
+"""Rigid transforms as 4x4 numpy matrices, and quaternion conversions (ROS order x, y, z, w).
+
+Naming: ``T_a_b`` maps points from frame b into frame a (``p_a = T_a_b @ p_b``), so
+``T_map_camera`` is the camera's pose in the map and ``T_camera_map`` (COLMAP's
+``cam_from_world``) its inverse.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial.transform import Rotation, Slerp
+
+
+def make_T(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """A 4x4 transform from a 3x3 rotation and a translation."""
+    T = np.eye(4)
+    T[:3, :3] = R
+    T[:3, 3] = np.asarray(t, dtype=float).reshape(3)
+    return T
+
+
+def invert(T: np.ndarray) -> np.ndarray:
+    """Inverse of a rigid 4x4 transform."""
+    R, t = T[:3, :3], T[:3, 3]
+    return make_T(R.T, -R.T @ t)
+
+
+def quat_to_R(q_xyzw: np.ndarray) -> np.ndarray:
+    """Rotation matrix from a quaternion in ROS order (x, y, z, w); it is normalized first."""
+    q = np.asarray(q_xyzw, dtype=float)
+    n = np.linalg.norm(q)
+    if not np.isfinite(n) or n < 1e-9:
+        raise ValueError(f"invalid quaternion {q.tolist()}")
+    return Rotation.from_quat(q / n).as_matrix()
+
+
+def R_to_quat(R: np.ndarray) -> np.ndarray:
+    """Quaternion (x, y, z, w) with w >= 0 from a rotation matrix."""
+    q = Rotation.from_matrix(R).as_quat()
+    return -q if q[3] < 0 else q
+
+
+def T_from_pose(position: np.ndarray, q_xyzw: np.ndarray) -> np.ndarray:
+    """A 4x4 transform from a position and a quaternion (x, y, z, w)."""
+    return make_T(quat_to_R(q_xyzw), position)
+
+
+def pose_from_T(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position, quaternion xyzw) of a 4x4 transform."""
+    return T[:3, 3].copy(), R_to_quat(T[:3, :3])
+
+
+def interpolate(T0: np.ndarray, T1: np.ndarray, alpha: float) -> np.ndarray:
+    """Pose between T0 (alpha=0) and T1 (alpha=1): linear translation, slerp rotation."""
+    rots = Rotation.from_matrix(np.stack([T0[:3, :3], T1[:3, :3]]))
+    R = Slerp([0.0, 1.0], rots)(alpha).as_matrix()
+    return make_T(R, (1 - alpha) * T0[:3, 3] + alpha * T1[:3, 3])
+
+
+def rotation_error_deg(R_est: np.ndarray, R_gt: np.ndarray) -> float:
+    """Angle of R_est^T R_gt in degrees."""
+    c = (np.trace(R_est.T @ R_gt) - 1.0) / 2.0
+    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+
+
+def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> np.ndarray:
+    """T_world_camera of an optical frame (z forward, x right, y down) at eye looking at target."""
+    z = np.asarray(target, float) - np.asarray(eye, float)
+    z /= np.linalg.norm(z)
+    x = np.cross(z, up)
+    if np.linalg.norm(x) < 1e-9:
+        raise ValueError("look_at: viewing direction parallel to up")
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    return make_T(np.stack([x, y, z], axis=1), eye)
+
+
+# base_link (x forward, y left, z up) -> optical frame (z forward, x right, y down):
+# the usual camera_link -> camera_optical_frame rotation (roll -pi/2, yaw -pi/2).
+R_BASE_OPTICAL = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])

@@ -1,0 +1,31 @@
+"""ament_python package setup: builds with colcon in a ROS 2 workspace and with pip in a venv."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "pram_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.py")),
+        (f"share/{PACKAGE}/config", glob("config/*")),
+        (f"share/{PACKAGE}/maps", glob("maps/*")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="pram_ros developers",
+    maintainer_email="pram-ros@users.noreply.github.com",
+    description="PRAM visual localization for ROS 2: landmark recognition + landmark-wise PnP.",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "pram-ros = pram_ros.cli:main",
+        ],
+    },
+)

@@ -1,0 +1,37 @@
+"""Shared fixtures: small demo bags, the fox data, and DDS isolation for rclpy tests."""
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FOX_DIR = SHARED / "data" / "fox"
+_domain_ids = itertools.count(100 + os.getpid() % 50)
+
+
+@pytest.fixture
+def domain_id() -> int:
+    """A DDS domain id of the test's own (localhost-only discovery is set above)."""
+    return next(_domain_ids)
+
+
+@pytest.fixture(scope="session")
+def fox_dir() -> Path:
+    if not (FOX_DIR / "transforms.json").is_file():
+        if os.environ.get("PRAM_REQUIRE_SHARED"):
+            pytest.fail(f"{FOX_DIR} is missing but PRAM_REQUIRE_SHARED is set")
+        pytest.skip(f"fox data not found at {FOX_DIR}")
+    return FOX_DIR
+
+
+@pytest.fixture(scope="session")
+def demo_bags(tmp_path_factory) -> dict[str, Path]:
+    """The demo's mapping and query runs, truncated to 24 images each to stay fast."""
+    from pram_ros.core.synthetic import make_demo_data
+
+    return make_demo_data(tmp_path_factory.mktemp("demo"), max_images=24, progress=False)
