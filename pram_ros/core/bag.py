@@ -78,7 +78,7 @@ def stamp_ns(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
-def _T_of_transform(tr: Any) -> np.ndarray:
+def transform_to_T(tr: Any) -> np.ndarray:
     t, q = tr.translation, tr.rotation
     return T_from_pose(np.array([t.x, t.y, t.z]), np.array([q.x, q.y, q.z, q.w]))
 
@@ -169,7 +169,7 @@ class BagReader:
                     for tr in msg.transforms:
                         try:
                             buf.set_transform(tr.header.frame_id, tr.child_frame_id, stamp_ns(tr.header),
-                                              _T_of_transform(tr.transform), static)
+                                              transform_to_T(tr.transform), static)
                         except TfError as exc:
                             log.warning("skipping transform in %s: %s", topic, exc)
             self._tf = buf
