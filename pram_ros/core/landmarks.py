@@ -1,0 +1,138 @@
+"""Landmarks of a map: BIRCH clusters of well-observed 3D points, one descriptor per point, and
+virtual reference frames (VRFs) that cover each landmark (PRAM section 1, steps 2 to 5)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.cluster import Birch
+
+
+@dataclass(frozen=True)
+class LandmarkConfig:
+    num_landmarks: int = 0  # 0: chosen from the map's size (see choose_k)
+    min_track: int = 3  # points seen in fewer images are not landmarks' points
+    points_per_landmark: int = 400  # the adaptive rule's target
+    min_landmarks: int = 8
+    max_landmarks: int = 512
+    vrf_coverage: float = 0.9  # greedy cover stops at this share of the landmark's points,
+    vrf_min_gain: float = 0.01  # or when an image adds less than this share,
+    max_vrfs: int = 10  # or at this many images
+    sparsify_radius_px: float = 15.0
+
+
+@dataclass
+class Observations:
+    """Tracks of the kept points: point index, image index and keypoint index of each observation."""
+
+    point: np.ndarray
+    image: np.ndarray
+    keypoint: np.ndarray
+
+
+def choose_k(num_points: int, conf: LandmarkConfig) -> int:
+    """K from the map's size: about `points_per_landmark` points each, within [min, max].
+
+    The reference fixes K per scene type (16 indoor, 32 outdoor, 512 city); tying K to the number
+    of well-observed points scales the same way, since larger places yield more points.
+    """
+    if conf.num_landmarks:
+        return conf.num_landmarks
+    return int(np.clip(round(num_points / conf.points_per_landmark), conf.min_landmarks, conf.max_landmarks))
+
+
+def ground_plane_coords(points: np.ndarray, camera_centres: np.ndarray) -> np.ndarray:
+    """2D coordinates of points on the plane the cameras move in (drops the 'vertical' axis).
+
+    The vertical is the normal of the camera centres' best-fit plane (a robot drives on a floor,
+    a hand-held capture circles an object); it is z when the centres are nearly collinear.
+    """
+    c = camera_centres - camera_centres.mean(0)
+    _, s, vt = np.linalg.svd(c, full_matrices=False)
+    if len(c) < 3 or s[1] < 1e-6 * max(s[0], 1e-12):
+        return points[:, :2].copy()
+    return (points - camera_centres.mean(0)) @ vt[:2].T
+
+
+def cluster(points: np.ndarray, camera_centres: np.ndarray, k: int) -> np.ndarray:
+    """Labels 1..K (0 is reserved for 'no landmark') of points by BIRCH on the ground plane."""
+    xy = ground_plane_coords(points, camera_centres)
+    k = min(k, len(points))
+    extent = float(np.linalg.norm(xy.max(0) - xy.min(0))) or 1.0
+    labels = Birch(threshold=extent / 500, n_clusters=k).fit_predict(xy)
+    # Relabel by size so that label 1 is the largest landmark; drop empty ids.
+    order = np.argsort(-np.bincount(labels))
+    remap = np.zeros(labels.max() + 1, np.int64)
+    remap[order] = np.arange(1, len(order) + 1)
+    return remap[labels].astype(np.int32)
+
+
+def medoid_descriptors(obs: Observations, descriptors: list[np.ndarray], num_points: int) -> np.ndarray:
+    """One descriptor per point: the observation with the smallest median distance to the others."""
+    dim = descriptors[0].shape[1]
+    out = np.zeros((num_points, dim), np.float32)
+    order = np.argsort(obs.point, kind="stable")
+    bounds = np.searchsorted(obs.point[order], np.arange(num_points + 1))
+    for p in range(num_points):
+        sel = order[bounds[p]:bounds[p + 1]]
+        d = np.stack([descriptors[i][k] for i, k in zip(obs.image[sel], obs.keypoint[sel])])
+        if len(d) <= 2:
+            out[p] = d[0]
+            continue
+        dist = np.sqrt(np.maximum(2 - 2 * d @ d.T, 0))
+        out[p] = d[np.argmin(np.median(dist, 1))]
+    return out
+
+
+def greedy_vrfs(labels: np.ndarray, obs: Observations, conf: LandmarkConfig) -> list[tuple[int, int]]:
+    """(landmark, image) VRFs: per landmark, images chosen greedily to cover its points."""
+    out = []
+    for lm in np.unique(labels):
+        pts = np.flatnonzero(labels == lm)
+        sel = np.isin(obs.point, pts)
+        img_pts: dict[int, set[int]] = {}
+        for i, p in zip(obs.image[sel], obs.point[sel]):
+            img_pts.setdefault(int(i), set()).add(int(p))
+        covered: set[int] = set()
+        while len(covered) < conf.vrf_coverage * len(pts) and img_pts and \
+                sum(1 for x in out if x[0] == lm) < conf.max_vrfs:
+            best = max(img_pts, key=lambda i: (len(img_pts[i] - covered), -i))
+            gain = len(img_pts[best] - covered)
+            if gain < max(1, conf.vrf_min_gain * len(pts)):
+                break
+            covered |= img_pts.pop(best)
+            out.append((int(lm), best))
+    return out
+
+
+def vrf_points(vrfs: list[tuple[int, int]], labels: np.ndarray, obs: Observations, points: np.ndarray,
+               project, conf: LandmarkConfig) -> list[np.ndarray]:
+    """Points of each VRF: its own observed landmark points, plus points of the landmark seen by
+    covisible images that do not project within `sparsify_radius_px` of a point already kept."""
+    per_image: dict[int, np.ndarray] = {}
+    order = np.argsort(obs.image, kind="stable")
+    bounds = np.searchsorted(obs.image[order], np.arange(obs.image.max() + 2))
+    for i in range(len(bounds) - 1):
+        per_image[i] = obs.point[order[bounds[i]:bounds[i + 1]]]
+    out = []
+    for lm, img in vrfs:
+        own = per_image[img][labels[per_image[img]] == lm]
+        kept = list(own)
+        uv_kept = project(img, points[own]) if len(own) else np.zeros((0, 2))
+        # covisible images: those sharing the most of this landmark's points with the VRF
+        shared = {j: len(np.intersect1d(pts, own)) for j, pts in per_image.items() if j != img}
+        for j in sorted(shared, key=lambda j: -shared[j])[:5]:
+            if shared[j] == 0:
+                break
+            cand = np.setdiff1d(per_image[j][labels[per_image[j]] == lm], kept)
+            if not len(cand):
+                continue
+            uv = project(img, points[cand])
+            ok = np.isfinite(uv).all(1)
+            cand, uv = cand[ok], uv[ok]
+            for p, q in zip(cand, uv):
+                if not len(uv_kept) or np.min(np.sum((uv_kept - q) ** 2, 1)) > conf.sparsify_radius_px ** 2:
+                    kept.append(p)
+                    uv_kept = np.vstack([uv_kept, q])
+        out.append(np.array(sorted(kept), np.int64))
+    return out

@@ -1,0 +1,222 @@
+"""Structure from motion with pycolmap on the project's own features.
+
+With known poses (ground truth, or odometry plus extrinsic), matches are verified against the
+epipolar geometry of those poses and pycolmap triangulates with the poses fixed, so the map is
+metric and in the map frame. Without poses, pycolmap verifies the matches and runs incremental
+mapping; the result is then aligned (similarity) to whatever positions exist, or left in an
+arbitrary frame and scale, which the caller is told.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import torch
+
+from .camera import Camera
+from .geometry import invert
+from .matching import MatchConfig, mutual_nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SfmConfig:
+    temporal_neighbours: int = 4  # pairs with the next N images in time
+    pose_neighbours: int = 6  # plus the N nearest cameras with a similar view direction (known poses)
+    exhaustive_below: int = 50  # all pairs when there are fewer images
+    min_matches: int = 15
+    epipolar_px: float = 3.0  # Sampson threshold against known poses
+    min_tri_angle_deg: float = 1.5
+    max_reproj_px: float = 4.0
+    match: MatchConfig = MatchConfig(ratio=0.95, min_similarity=0.5)
+
+
+@dataclass
+class SfmInput:
+    """One map image: its camera, its features (numpy) and, if known, T_map_camera."""
+
+    name: str
+    camera: Camera
+    keypoints: np.ndarray
+    descriptors: np.ndarray
+    T_map_camera: np.ndarray | None = None
+
+
+@dataclass
+class SfmResult:
+    reconstruction: pycolmap.Reconstruction
+    metric: bool  # True when the frame and scale are the map frame's
+    image_ids: list[int]  # pycolmap image id of each input image (-1 when not registered)
+    warnings: list[str] = field(default_factory=list)
+
+
+def make_pairs(inputs: list[SfmInput], conf: SfmConfig) -> list[tuple[int, int]]:
+    """Temporal neighbours plus pose neighbours, or every pair for small sets."""
+    n = len(inputs)
+    if n <= conf.exhaustive_below:
+        return [(i, j) for i in range(n) for j in range(i + 1, n)]
+    pairs = {(i, j) for i in range(n) for j in range(i + 1, min(n, i + 1 + conf.temporal_neighbours))}
+    if all(x.T_map_camera is not None for x in inputs):
+        c = np.array([x.T_map_camera[:3, 3] for x in inputs])
+        z = np.array([x.T_map_camera[:3, 2] for x in inputs])
+        dist = np.linalg.norm(c[:, None] - c[None], axis=2)
+        dist[z @ z.T < np.cos(np.radians(60))] = np.inf  # views too different to share points
+        np.fill_diagonal(dist, np.inf)
+        for i in range(n):
+            for j in np.argsort(dist[i])[: conf.pose_neighbours]:
+                if np.isfinite(dist[i, j]):
+                    pairs.add((min(i, j), max(i, j)))
+    return sorted(pairs)
+
+
+def _essential(T_c1_map: np.ndarray, T_c2_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    T21 = T_c2_map @ invert(T_c1_map)
+    t = T21[:3, 3]
+    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+    return tx @ T21[:3, :3], T21
+
+
+def sampson_px(x1: np.ndarray, x2: np.ndarray, E: np.ndarray, f: float) -> np.ndarray:
+    """Sampson distance in pixels (focal f) of normalized correspondences under essential matrix E."""
+    h1, h2 = np.c_[x1, np.ones(len(x1))], np.c_[x2, np.ones(len(x2))]
+    Ex1, Etx2 = h1 @ E.T, h2 @ E
+    num = np.sum(h2 * Ex1, 1) ** 2
+    den = Ex1[:, 0] ** 2 + Ex1[:, 1] ** 2 + Etx2[:, 0] ** 2 + Etx2[:, 1] ** 2
+    return np.sqrt(num / np.maximum(den, 1e-18)) * f
+
+
+def _rigid(T: np.ndarray) -> pycolmap.Rigid3d:
+    return pycolmap.Rigid3d(pycolmap.Rotation3d(T[:3, :3]), T[:3, 3])
+
+
+def _write_database(path: Path, inputs: list[SfmInput]) -> tuple[list[Camera], list[int]]:
+    """Cameras (one rig each), images, frames and keypoints; returns cameras and each image's camera index."""
+    cams: list[Camera] = []
+    cam_of: list[int] = []
+    for x in inputs:
+        if x.camera not in cams:
+            cams.append(x.camera)
+        cam_of.append(cams.index(x.camera))
+    with pycolmap.Database.open(path) as db:
+        sensors = []
+        for k, cam in enumerate(cams):
+            pc = cam.to_pycolmap()
+            pc.camera_id = db.write_camera(pc)
+            rig = pycolmap.Rig()
+            rig.add_ref_sensor(pc.sensor_id)
+            assert db.write_rig(rig) == pc.camera_id == k + 1
+            sensors.append(pc.sensor_id)
+        for i, x in enumerate(inputs):
+            iid = db.write_image(pycolmap.Image(name=x.name, camera_id=cam_of[i] + 1))
+            frame = pycolmap.Frame()
+            frame.rig_id = cam_of[i] + 1
+            frame.add_data_id(pycolmap.data_t(sensors[cam_of[i]], iid))
+            assert db.write_frame(frame) == iid == i + 1
+            db.write_keypoints(iid, x.keypoints.astype(np.float32) + 0.5)  # COLMAP pixel centres
+    return cams, cam_of
+
+
+def match_all(inputs: list[SfmInput], pairs: list[tuple[int, int]], conf: SfmConfig,
+              progress=None) -> dict[tuple[int, int], np.ndarray]:
+    """Mutual-NN matches of every pair with at least min_matches."""
+    desc = [torch.from_numpy(x.descriptors).float() for x in inputs]
+    out = {}
+    for i, j in pairs:
+        m = mutual_nn(desc[i], desc[j], conf.match).numpy()
+        if len(m) >= conf.min_matches:
+            out[(i, j)] = m
+        if progress:
+            progress()
+    return out
+
+
+def run_sfm(inputs: list[SfmInput], conf: SfmConfig = SfmConfig(), workdir: Path | None = None,
+            progress=None) -> SfmResult:
+    """Triangulate with known poses when every input has one, else incremental mapping."""
+    if len(inputs) < 2:
+        raise ValueError(f"SfM needs at least 2 images, got {len(inputs)}")
+    known = all(x.T_map_camera is not None for x in inputs)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        tmp = Path(tmp)
+        db_path = tmp / "database.db"
+        cams, cam_of = _write_database(db_path, inputs)
+        pairs = make_pairs(inputs, conf)
+        matches = match_all(inputs, pairs, conf, progress)
+        log.info("%d pairs, %d with >= %d matches", len(pairs), len(matches), conf.min_matches)
+        if known:
+            return _triangulate_known(tmp, db_path, inputs, cams, cam_of, matches, conf)
+        return _incremental(tmp, db_path, inputs, matches, conf)
+
+
+def _triangulate_known(tmp: Path, db_path: Path, inputs: list[SfmInput], cams: list[Camera], cam_of: list[int],
+                       matches: dict[tuple[int, int], np.ndarray], conf: SfmConfig) -> SfmResult:
+    T_cw = [invert(x.T_map_camera) for x in inputs]
+    norm = [cams[cam_of[i]].normalize(x.keypoints) for i, x in enumerate(inputs)]
+    with pycolmap.Database.open(db_path) as db:
+        for (i, j), m in matches.items():
+            E, T21 = _essential(T_cw[i], T_cw[j])
+            f = 0.5 * (cams[cam_of[i]].fx + cams[cam_of[j]].fx)
+            ok = sampson_px(norm[i][m[:, 0]], norm[j][m[:, 1]], E, f) < conf.epipolar_px
+            db.write_matches(i + 1, j + 1, m.astype(np.uint32))
+            if ok.sum() >= conf.min_matches:
+                tvg = pycolmap.TwoViewGeometry()
+                tvg.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
+                tvg.E = E
+                tvg.cam2_from_cam1 = _rigid(T21)
+                tvg.inlier_matches = m[ok].astype(np.uint32)
+                db.write_two_view_geometry(i + 1, j + 1, tvg)
+    rec = pycolmap.Reconstruction()
+    for k, cam in enumerate(cams):
+        pc = cam.to_pycolmap()
+        pc.camera_id = k + 1
+        rec.add_camera_with_trivial_rig(pc)
+    for i, x in enumerate(inputs):
+        img = pycolmap.Image(name=x.name, keypoints=x.keypoints.astype(np.float64) + 0.5,
+                             camera_id=cam_of[i] + 1, image_id=i + 1)
+        rec.add_image_with_trivial_frame(img, _rigid(T_cw[i]))
+    opts = pycolmap.IncrementalPipelineOptions()
+    opts.extract_colors = False
+    opts.triangulation.min_angle = conf.min_tri_angle_deg
+    (tmp / "images").mkdir()
+    (tmp / "out").mkdir()
+    rec = pycolmap.triangulate_points(rec, db_path, tmp / "images", tmp / "out", options=opts)
+    _filter(rec, conf)
+    return SfmResult(rec, True, list(range(1, len(inputs) + 1)))
+
+
+def _incremental(tmp: Path, db_path: Path, inputs: list[SfmInput], matches: dict[tuple[int, int], np.ndarray],
+                 conf: SfmConfig) -> SfmResult:
+    with pycolmap.Database.open(db_path) as db:
+        for (i, j), m in matches.items():
+            db.write_matches(i + 1, j + 1, m.astype(np.uint32))
+    pairs_txt = tmp / "pairs.txt"
+    pairs_txt.write_text("".join(f"{inputs[i].name} {inputs[j].name}\n" for i, j in matches))
+    pycolmap.verify_matches(db_path, pairs_txt)
+    opts = pycolmap.IncrementalPipelineOptions()
+    opts.extract_colors = False
+    opts.num_threads = 2
+    (tmp / "images").mkdir()
+    (tmp / "out").mkdir()
+    models = pycolmap.incremental_mapping(db_path, tmp / "images", tmp / "out", options=opts)
+    if not models:
+        raise RuntimeError("incremental mapping registered no images: too few matches between the images")
+    rec = max(models.values(), key=lambda r: r.num_reg_images())
+    _filter(rec, conf)
+    ids = [i + 1 if rec.exists_image(i + 1) and rec.image(i + 1).has_pose else -1 for i in range(len(inputs))]
+    warnings = []
+    if sum(i > 0 for i in ids) < len(inputs):
+        warnings.append(f"SfM registered {sum(i > 0 for i in ids)} of {len(inputs)} images")
+    return SfmResult(rec, False, ids, warnings)
+
+
+def _filter(rec: pycolmap.Reconstruction, conf: SfmConfig) -> None:
+    """Drop points with a large reprojection error (pycolmap keeps what its triangulator accepted)."""
+    rec.update_point_3d_errors()
+    for pid in list(rec.point3D_ids()):
+        if rec.point3D(pid).error > conf.max_reproj_px:
+            rec.delete_point3D(pid)
