@@ -62,6 +62,43 @@ def cmd_fox_to_bag(a: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_colmap() -> None:
+    import pycolmap
+
+    pycolmap.logging.minloglevel = 2  # COLMAP's glog INFO/WARNING lines would drown the progress bars
+
+
+def cmd_build_map(a: argparse.Namespace) -> int:
+    from .core.build import BuildConfig, build_map
+    from .core.features import FeatureConfig
+    from .core.landmarks import LandmarkConfig
+    from .core.recognition import TrainConfig
+
+    _quiet_colmap()
+    conf = BuildConfig(
+        features=FeatureConfig(a.features, a.max_keypoints, a.resize_max, a.device, a.weights or ""),
+        landmarks=LandmarkConfig(num_landmarks=a.landmarks), train=TrainConfig(steps=a.steps, max_minutes=a.max_minutes),
+        pose_source=a.pose_source, max_images=a.max_images)
+    summary = build_map(a.bag, a.out, conf, _topics(a))
+    for w in summary.warnings:
+        print(f"WARNING: {w}")
+    print(f"== map written to {summary.out}")
+    print(summary.table())
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .core.evaluation import evaluate, report_table
+    from .core.localizer import Localizer, LocalizerConfig
+
+    _quiet_colmap()
+    loc = Localizer(a.map_dir, LocalizerConfig(method=a.method, device=a.device, tracking=a.tracking))
+    report = evaluate(loc, a.query_bag, a.out, tracking=a.tracking, topics=_topics(a))
+    print(f"== report in {a.out}/report.json")
+    print(report_table(report))
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     """The main job on the embedded default: generate the demo bags (once) and describe them."""
     from .core.synthetic import make_demo_data
@@ -102,6 +139,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3")
     p.set_defaults(func=cmd_fox_to_bag)
 
+    p = sub.add_parser("build-map", help="build a PRAM map from a contract bag")
+    p.add_argument("bag")
+    p.add_argument("--out", required=True, help="map directory to write (replaced atomically)")
+    p.add_argument("--features", choices=["xfeat", "sift", "superpoint"], default="xfeat")
+    p.add_argument("--max-keypoints", type=int, default=1024)
+    p.add_argument("--resize-max", type=int, default=640, help="longest image side for features (0: keep)")
+    p.add_argument("--weights", help="SuperPoint weights (MagicLeap superpoint_v1.pth layout)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--pose-source", choices=["auto", "ground_truth", "odometry", "none"], default="auto")
+    p.add_argument("--landmarks", type=int, default=0, help="number of landmarks K (0: from the map's size)")
+    p.add_argument("--steps", type=int, default=300, help="recognizer training steps")
+    p.add_argument("--max-minutes", type=float, default=8.0, help="recognizer training time budget")
+    p.add_argument("--max-images", type=int, default=0, help="use at most N keyframes (0: all)")
+    _topic_args(p)
+    p.set_defaults(func=cmd_build_map)
+
+    p = sub.add_parser("evaluate", help="localize a query bag against a map and compare with its ground truth")
+    p.add_argument("map_dir")
+    p.add_argument("query_bag")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--method", choices=["pram", "exhaustive"], default="pram")
+    p.add_argument("--tracking", action="store_true", help="track between frames (default: relocalize each)")
+    p.add_argument("--device", default="auto")
+    _topic_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("demo", help="run the demo on the embedded synthetic scene")
     p.add_argument("--data", default="data", help="where the demo bags go (default: data)")
     p.add_argument("--regenerate", action="store_true")
@@ -115,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return a.func(a)
-    except (BagError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (BagError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
         print(f"pram-ros: error: {exc}", file=sys.stderr)
         return 2
 

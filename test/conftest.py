@@ -35,3 +35,36 @@ def demo_bags(tmp_path_factory) -> dict[str, Path]:
     from pram_ros.core.synthetic import make_demo_data
 
     return make_demo_data(tmp_path_factory.mktemp("demo"), max_images=24, progress=False)
+
+
+@pytest.fixture(scope="session")
+def fox_bags(fox_dir, tmp_path_factory) -> dict[str, Path]:
+    from pram_ros.core.fox import fox_to_bags
+
+    return fox_to_bags(fox_dir, tmp_path_factory.mktemp("fox"))
+
+
+@pytest.fixture(scope="session")
+def fox_map(fox_bags, tmp_path_factory):
+    """A map built from the fox map bag with fox's poses (BuildSummary)."""
+    from pram_ros.core.build import BuildConfig, build_map
+    from pram_ros.core.recognition import TrainConfig
+
+    return build_map(fox_bags["map"], tmp_path_factory.mktemp("maps") / "fox",
+                     BuildConfig(train=TrainConfig(steps=150)), progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_full(tmp_path_factory) -> dict[str, Path]:
+    """The full demo bags, as `make demo` renders them."""
+    from pram_ros.core.synthetic import make_demo_data
+
+    return make_demo_data(tmp_path_factory.mktemp("demo_full"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_map(demo_full, tmp_path_factory):
+    """The demo map with the default build settings (BuildSummary)."""
+    from pram_ros.core.build import build_map
+
+    return build_map(demo_full["map"], tmp_path_factory.mktemp("maps") / "demo", progress=False)

@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 
 from pram_ros.core.bag import BagReader
-from pram_ros.core.fox import NERF_TO_OPTICAL, fox_to_bags, load_fox
+from pram_ros.core.fox import NERF_TO_OPTICAL, load_fox
 from pram_ros.core.geometry import invert
-
-
-@pytest.fixture(scope="module")
-def fox_bags(fox_dir, tmp_path_factory):
-    return fox_to_bags(fox_dir, tmp_path_factory.mktemp("fox"))
 
 
 def _sampson_px(frames, i, j, cam, nerf_axes=False):

@@ -71,7 +71,7 @@ def test_query_run_differs_from_mapping_run():
     pq = np.array([T[:2, 3] for T in Tq])
     nearest = np.linalg.norm(pq[:, None] - pm[None], axis=2).min(1)
     assert np.median(nearest) > 0.3  # another path through the same place
-    assert (nearest > 2.0).mean() > 0.1  # places the mapping run saw only from afar
+    assert (nearest > 1.0).mean() > 0.1  # places the mapping run saw only from farther away
     assert QUERY_RUN.lighting != MAP_RUN.lighting and QUERY_RUN.lighting.noise_sigma > 0
     assert pq[:, 0].min() > 0 and pq[:, 0].max() < 16 and pq[:, 1].max() < 12
 

@@ -83,7 +83,7 @@ def transform_to_T(tr: Any) -> np.ndarray:
     return T_from_pose(np.array([t.x, t.y, t.z]), np.array([q.x, q.y, q.z, q.w]))
 
 
-def _T_of_pose(p: Any) -> np.ndarray:
+def pose_to_T(p: Any) -> np.ndarray:
     t, q = p.position, p.orientation
     return T_from_pose(np.array([t.x, t.y, t.z]), np.array([q.x, q.y, q.z, q.w]))
 
@@ -177,7 +177,7 @@ class BagReader:
 
     def poses(self) -> tuple[list[int], list[np.ndarray]]:
         """Ground-truth T_map_camera, sorted by stamp."""
-        items = sorted((stamp_ns(m.header), _T_of_pose(m.pose)) for _, m in self._messages(self.topics.pose)) \
+        items = sorted((stamp_ns(m.header), pose_to_T(m.pose)) for _, m in self._messages(self.topics.pose)) \
             if self.has_poses else []
         return [s for s, _ in items], [T for _, T in items]
 

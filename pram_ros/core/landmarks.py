@@ -51,6 +51,10 @@ def ground_plane_coords(points: np.ndarray, camera_centres: np.ndarray) -> np.nd
     _, s, vt = np.linalg.svd(c, full_matrices=False)
     if len(c) < 3 or s[1] < 1e-6 * max(s[0], 1e-12):
         return points[:, :2].copy()
+    normal = vt[2]
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) > 0.95:  # an axis-aligned vertical (a z-up map frame): keep the map's axes
+        return np.delete(points, axis, axis=1)
     return (points - camera_centres.mean(0)) @ vt[:2].T
 
 

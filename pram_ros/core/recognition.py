@@ -7,7 +7,6 @@ every layer (as in LightGlue); a linear head gives logits over 1 + K classes (0 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -111,10 +110,10 @@ class TrainConfig:
     keypoints_per_sample: int = 512
     labelled_share: float = 0.7  # at most this share of a sample's keypoints carry a landmark label
     batch_size: int = 8
-    epochs: int = 30
+    steps: int = 300  # optimizer steps, whatever the map's size (the schedule decays over them)
     max_minutes: float = 8.0  # stop early when the time budget is spent
     lr: float = 1e-3
-    lr_decay: float = 0.95  # per epoch (exponential)
+    final_lr_ratio: float = 0.05  # exponential decay to this share of lr at the last step
     weight_no_landmark: float = 0.1
     seed: int = 0
 
@@ -177,35 +176,36 @@ def train(samples: list[Sample], val: list[Sample], conf: RecognizerConfig, tc: 
     rng = np.random.default_rng(tc.seed)
     model = Recognizer(conf).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=tc.lr_decay)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=tc.final_lr_ratio ** (1 / max(tc.steps, 1)))
     weight = torch.ones(conf.num_classes, device=device)
     weight[0] = tc.weight_no_landmark
     t0 = time.monotonic()
-    steps = math.ceil(len(samples) / tc.batch_size)
-    history = []
-    bar = tqdm(range(tc.epochs), desc="train recognizer", unit="epoch", disable=not progress)
-    for epoch in bar:
-        model.train()
-        order = rng.permutation(len(samples))
-        total = 0.0
-        for s in range(steps):
-            batch = [samples[i] for i in order[s * tc.batch_size:(s + 1) * tc.batch_size]]
-            desc, kp, lab, mask = _batch(batch, tc.keypoints_per_sample, tc.labelled_share, rng, device)
-            logits = model(desc, kp, mask)
-            loss = F.cross_entropy(logits.reshape(-1, conf.num_classes), lab.reshape(-1), weight=weight,
-                                   ignore_index=-100)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss)
+    history: list[float] = []
+    order: list[int] = []
+    model.train()
+    bar = tqdm(range(tc.steps), desc="train recognizer", unit="step", disable=not progress)
+    for step in bar:
+        if len(order) < tc.batch_size:  # a new epoch: reshuffle
+            order += rng.permutation(len(samples)).tolist()
+        batch = [samples[i] for i in order[:tc.batch_size]]
+        del order[:tc.batch_size]
+        desc, kp, lab, mask = _batch(batch, tc.keypoints_per_sample, tc.labelled_share, rng, device)
+        logits = model(desc, kp, mask)
+        loss = F.cross_entropy(logits.reshape(-1, conf.num_classes), lab.reshape(-1), weight=weight,
+                               ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
         sched.step()
-        history.append(total / steps)
-        bar.set_postfix(loss=f"{history[-1]:.3f}")
+        history.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(history[-10:]):.3f}")
         if (time.monotonic() - t0) / 60 > tc.max_minutes:
-            log.warning("recognizer training stopped after %d epochs: %.1f min budget spent", epoch + 1,
+            log.warning("recognizer training stopped after %d steps: %.1f min budget spent", step + 1,
                         tc.max_minutes)
             break
-    report = {"epochs": len(history), "loss": history, "train_seconds": time.monotonic() - t0,
+    report = {"steps": len(history), "epochs": len(history) * tc.batch_size / len(samples),
+              "final_loss": float(np.mean(history[-20:])), "loss": history, "train_seconds": time.monotonic() - t0,
               "parameters": sum(p.numel() for p in model.parameters())}
     report.update({f"val_{k}": v for k, v in accuracy(model, val, device).items()})
     model.eval()

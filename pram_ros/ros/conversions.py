@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import TransformStamped
+from geometry_msgs.msg import Pose, PoseStamped, PoseWithCovarianceStamped, TransformStamped
 from sensor_msgs.msg import Image
 
+from ..core.bag import pose_to_T, transform_to_T  # noqa: F401  (duck-typed: rclpy messages too)
 from ..core.geometry import pose_from_T
 from ..core.images import encode_image
 
@@ -29,6 +30,14 @@ def image_to_msg(img: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -
     return msg
 
 
+def T_to_pose(T: np.ndarray) -> Pose:
+    p, q = pose_from_T(T)
+    pose = Pose()
+    pose.position.x, pose.position.y, pose.position.z = map(float, p)
+    pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = map(float, q)
+    return pose
+
+
 def transform_msg(parent: str, child: str, T: np.ndarray, stamp_ns: int) -> TransformStamped:
     """geometry_msgs/TransformStamped of T_parent_child."""
     p, q = pose_from_T(T)
@@ -39,3 +48,14 @@ def transform_msg(parent: str, child: str, T: np.ndarray, stamp_ns: int) -> Tran
     r = m.transform.rotation
     r.x, r.y, r.z, r.w = map(float, q)
     return m
+
+
+def pose_msgs(T: np.ndarray, cov: np.ndarray, stamp_ns: int, frame: str) -> tuple[PoseWithCovarianceStamped, PoseStamped]:
+    """The fix as PoseWithCovarianceStamped (row-major 6x6) and PoseStamped."""
+    pc = PoseWithCovarianceStamped()
+    pc.header.stamp, pc.header.frame_id = ns_to_time(stamp_ns), frame
+    pc.pose.pose = T_to_pose(T)
+    pc.pose.covariance = [float(x) for x in np.asarray(cov, float).reshape(36)]
+    ps = PoseStamped()
+    ps.header, ps.pose = pc.header, pc.pose.pose
+    return pc, ps

@@ -1,0 +1,331 @@
+"""Localization of one image against a PRAM map (PRAM section 3), plus the exhaustive baseline.
+
+pram:       features -> recognizer -> keypoint pre-filter -> landmarks ranked by votes ->
+            per landmark: match its keypoints to the landmark's VRF points, PnP, accept or try the
+            next -> refine with the points of covisible VRFs.
+tracking:   project the map with the previous pose (or a prior), match near the projections, PnP;
+            fall back to recognition when that fails.
+exhaustive: match against the keypoints of every map image (hloc without global descriptors), one
+            PnP on all 2D-3D matches: the same features and PnP, so differences come from
+            recognition alone.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .camera import Camera
+from .features import FeatureConfig, Features, make_extractor
+from .geometry import invert
+from .map import MapError, PramMap, load_map
+from .recognition import Recognizer, RecognizerConfig, normalize_keypoints
+from .registration import PoseEstimate, RegistrationConfig, check, covariance, estimate_pose
+from .matching import MatchConfig, mutual_nn, mutual_within_radius
+
+log = logging.getLogger(__name__)
+METHODS = ("pram", "exhaustive")
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    method: str = "pram"
+    device: str = "auto"
+    match: MatchConfig = MatchConfig(ratio=0.9, min_similarity=0.5)
+    registration: RegistrationConfig = RegistrationConfig()
+    no_landmark_prob: float = 0.95  # drop keypoints this sure to be background...
+    max_prefilter_drop: float = 0.6  # ...unless that removes more than this share
+    max_landmarks: int = 15  # candidates tried in rank order...
+    landmarks_per_attempt: int = 3  # ...this many at a time (their points matched jointly)
+    min_labelled: int = 40  # fewer keypoints voting for a landmark: match all keypoints instead
+    refine_radii_px: tuple[float, ...] = (24.0, 8.0)  # refinement passes, coarse to fine
+    local_min_similarity: float = 0.7  # projection-guided matches (refinement, tracking)
+    local_ratio: float = 0.95
+    guided: str = "global"  # global | radius
+    tracking: bool = True
+    track_radius_px: float = 30.0
+    max_depth: float = 0.0  # points farther than this are not projected when tracking (0: no limit)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
+        if not 0.5 <= self.no_landmark_prob <= 1.0:
+            raise ValueError("no_landmark_prob must be in [0.5, 1]")
+        if not 1 <= self.max_landmarks <= 512:
+            raise ValueError("max_landmarks must be in [1, 512]")
+
+
+@dataclass
+class LocalizationResult:
+    success: bool
+    mode: str  # recognition | tracking | exhaustive
+    reason: str = ""
+    T_camera_map: np.ndarray | None = None
+    covariance: np.ndarray | None = None  # of the camera (or body) pose in the map frame
+    num_inliers: int = 0
+    num_keypoints: int = 0
+    keypoints: np.ndarray | None = None  # (N, 2) query keypoints
+    keypoint_landmarks: np.ndarray | None = None  # (N,) recognized label per keypoint (0: none)
+    inlier_keypoints: np.ndarray | None = None  # indices into keypoints
+    inlier_uv: np.ndarray | None = None  # the inlier 2D-3D correspondences
+    inlier_xyz: np.ndarray | None = None
+    landmarks: list[int] = field(default_factory=list)  # ranked candidates
+    tried: list[int] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def T_map_camera(self) -> np.ndarray | None:
+        return None if self.T_camera_map is None else invert(self.T_camera_map)
+
+
+class Localizer:
+    """Loads a map once, then localizes images (stateful when tracking)."""
+
+    def __init__(self, map_or_path: PramMap | str | Path, conf: LocalizerConfig = LocalizerConfig(),
+                 features: FeatureConfig | None = None) -> None:
+        m = map_or_path if isinstance(map_or_path, PramMap) else \
+            load_map(map_or_path, with_baseline=conf.method == "exhaustive")
+        if conf.method == "exhaustive" and m.baseline is None:
+            raise MapError("the exhaustive baseline needs the map's baseline.npz")
+        feat = features or FeatureConfig(**m.features, device=conf.device)
+        if feat.identity() != m.features:
+            raise MapError(f"features mismatch: the map was built with {m.features}, the localizer is set to "
+                           f"{feat.identity()}; rebuild the map or change the feature settings")
+        self.map, self.conf = m, conf
+        self.extractor = make_extractor(replace(feat, device=conf.device))
+        self.device = self.extractor.device
+        self.recognizer = Recognizer(RecognizerConfig(**m.recognizer_config)).to(self.device).eval()
+        self.recognizer.load_state_dict(m.recognizer_state)
+        self.points = m.points.astype(np.float64)
+        self.point_desc = torch.from_numpy(m.descriptors.astype(np.float32)).to(self.device)
+        k = m.num_landmarks
+        self.vrfs_of = [np.flatnonzero(m.vrf_landmark == lm) for lm in range(k + 1)]
+        self.landmark_points = [np.unique(np.concatenate([m.vrf_point_ids(v) for v in vs])) if len(vs) else
+                                np.zeros(0, np.int64) for vs in self.vrfs_of]
+        self.all_points = np.arange(len(self.points))
+        self.last_T_camera_map: np.ndarray | None = None
+        self.prior_T_map_camera: np.ndarray | None = None
+        if m.baseline is not None:
+            b = m.baseline
+            self.base_desc = torch.from_numpy(b.descriptors.astype(np.float32)).to(self.device)
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the track: the next image is recognized from scratch."""
+        self.last_T_camera_map = None
+        self.prior_T_map_camera = None
+
+    def set_prior(self, T_map_camera: np.ndarray | None) -> None:
+        """An external initial pose (e.g. /initialpose): tried by tracking, and restricts recognition
+        to landmarks visible from it; cleared once used."""
+        self.prior_T_map_camera = T_map_camera
+        self.last_T_camera_map = None
+
+    def warm_up(self, camera: Camera) -> None:
+        """Run the networks once so the first real frame is not slow."""
+        img = np.random.default_rng(0).integers(0, 255, (camera.height, camera.width), dtype=np.uint8)
+        self.localize(img, camera, use_tracking=False)
+        self.reset()
+
+    def localize(self, image: np.ndarray, camera: Camera, use_tracking: bool | None = None,
+                 T_camera_body: np.ndarray | None = None) -> LocalizationResult:
+        """Pose of the camera for one image (decoded BGR or mono), or an explicit failure."""
+        times: dict[str, float] = {}
+        with self._timer(times, "features"):
+            feats = self.extractor(image)
+        kp, _ = feats.numpy()
+        track = self.conf.tracking if use_tracking is None else use_tracking
+        res = None
+        if self.conf.method == "exhaustive":
+            res = self._exhaustive(feats, kp, camera, times)
+        else:
+            start = self.last_T_camera_map if track and self.last_T_camera_map is not None else None
+            if start is None and self.prior_T_map_camera is not None:
+                start = invert(self.prior_T_map_camera)
+            if start is not None:
+                with self._timer(times, "tracking"):
+                    res = self._refine(feats, kp, camera, start, self.all_points, "tracking",
+                                       (self.conf.track_radius_px,) + self.conf.refine_radii_px[1:])
+            if res is None or not res.success:
+                res = self._recognize_and_register(feats, kp, camera, times)
+        res.num_keypoints = len(kp)
+        res.keypoints = kp
+        if res.success:
+            res.covariance = covariance(res.T_map_camera, res.inlier_uv, res.inlier_xyz, camera, T_camera_body)
+            self.last_T_camera_map = res.T_camera_map
+            self.prior_T_map_camera = None
+        else:
+            self.last_T_camera_map = None
+        times["total"] = sum(times.values())
+        res.timings_ms = times
+        return res
+
+    # -- stages ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def _timer(self, times: dict[str, float], name: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        times[name] = times.get(name, 0.0) + (time.perf_counter() - t) * 1e3
+
+    @torch.inference_mode()
+    def recognize(self, feats: Features) -> torch.Tensor:
+        """Class probabilities (N, 1 + K) of the keypoints."""
+        if len(feats) == 0:
+            return torch.zeros((0, self.map.num_landmarks + 1), device=self.device)
+        kpn = normalize_keypoints(feats.keypoints, feats.image_size)
+        return self.recognizer(feats.descriptors[None], kpn[None])[0].softmax(-1)
+
+    def rank_landmarks(self, probs: torch.Tensor) -> tuple[np.ndarray, list[int], np.ndarray]:
+        """(kept keypoint indices, landmarks by votes, top-2 labels per keypoint)."""
+        p0 = probs[:, 0]
+        keep = torch.nonzero(p0 < self.conf.no_landmark_prob).flatten()
+        if len(keep) < (1 - self.conf.max_prefilter_drop) * len(probs):
+            keep = torch.argsort(p0)[: int(np.ceil((1 - self.conf.max_prefilter_drop) * len(probs)))]
+        top2 = probs[:, 1:].topk(min(2, probs.shape[1] - 1), dim=1).indices + 1  # labels 1..K
+        kept = top2[keep].cpu().numpy()
+        k = self.map.num_landmarks
+        first = np.bincount(kept[:, 0], minlength=k + 1)
+        second = np.bincount(kept[:, 1], minlength=k + 1) if kept.shape[1] > 1 else np.zeros(k + 1)
+        score = first * (len(probs) + 1) + second  # first choices, then second choices
+        order = [int(lm) for lm in np.argsort(-score) if lm > 0 and score[lm] > 0]
+        return keep.cpu().numpy(), order, top2.cpu().numpy()
+
+    def _visible_landmarks(self, T_map_camera: np.ndarray, camera: Camera) -> set[int]:
+        T = invert(T_map_camera)
+        p = self.points @ T[:3, :3].T + T[:3, 3]
+        uv, front = camera.project(p)
+        ok = front & (uv[:, 0] >= 0) & (uv[:, 1] >= 0) & (uv[:, 0] < camera.width) & (uv[:, 1] < camera.height)
+        return set(np.unique(self.map.labels[ok]).tolist())
+
+    def _recognize_and_register(self, feats: Features, kp: np.ndarray, camera: Camera,
+                                times: dict[str, float]) -> LocalizationResult:
+        with self._timer(times, "recognition"):
+            probs = self.recognize(feats)
+            keep, ranked, top2 = self.rank_landmarks(probs)
+        labels = np.zeros(len(kp), np.int64)
+        labels[keep] = top2[keep, 0]
+        if self.prior_T_map_camera is not None:
+            visible = self._visible_landmarks(self.prior_T_map_camera, camera)
+            ranked = [lm for lm in ranked if lm in visible]
+        res = LocalizationResult(False, "recognition", "no landmark recognized", keypoint_landmarks=labels,
+                                 landmarks=ranked[: self.conf.max_landmarks])
+        best_reason = res.reason
+        g = self.conf.landmarks_per_attempt
+        for k in range(0, len(res.landmarks), g):
+            group = res.landmarks[k:k + g]
+            res.tried.extend(group)
+            with self._timer(times, "registration"):
+                sel = keep[np.isin(top2[keep], group).any(1)]
+                if len(sel) < self.conf.min_labelled:
+                    sel = keep
+                pts = np.concatenate([self.landmark_points[lm] for lm in group])
+                m = mutual_nn(feats.descriptors[sel], self.point_desc[pts], self.conf.match).cpu().numpy()
+                q, p = sel[m[:, 0]], pts[m[:, 1]]
+                est = estimate_pose(kp[q], self.points[p], camera, self.conf.registration) if len(q) >= 6 else None
+                reason = check(est, kp[q], camera, self.conf.registration) if est else f"{len(q)} matches, no pose"
+            if reason:
+                best_reason = f"landmarks {group}: {reason}"
+                continue
+            # Refine with the map points in view of this pose (the covisible VRFs' points, found by
+            # projection); a pose they do not confirm is rejected: a repeated poster or a
+            # self-similar wall can fit one landmark's matches.
+            with self._timer(times, "refinement"):
+                refined = self._refine(feats, kp, camera, est.T_camera_map, self.all_points, "recognition")
+            if not refined.success:
+                best_reason = f"landmarks {group}: refinement did not confirm the pose ({refined.reason})"
+                continue
+            refined.keypoint_landmarks, refined.landmarks, refined.tried = labels, res.landmarks, res.tried
+            return refined
+        res.reason = best_reason
+        return res
+
+    def _accept(self, res: LocalizationResult, est: PoseEstimate, uv: np.ndarray, xyz: np.ndarray,
+                q: np.ndarray) -> LocalizationResult:
+        res.success, res.reason = True, ""
+        res.T_camera_map = est.T_camera_map
+        res.num_inliers = est.num_inliers
+        res.inlier_keypoints = q[est.inliers]
+        res.inlier_uv, res.inlier_xyz = uv[est.inliers], xyz[est.inliers]
+        return res
+
+    def _refine(self, feats: Features, kp: np.ndarray, camera: Camera, T_camera_map: np.ndarray, cand: np.ndarray,
+                mode: str, radii: tuple[float, ...] | None = None) -> LocalizationResult:
+        """Projection-guided matching and PnP, repeated with shrinking radii from the last pose."""
+        res = LocalizationResult(False, mode, "no pose to refine")
+        for radius in radii or self.conf.refine_radii_px:
+            res = self._project_and_match(feats, kp, camera, T_camera_map, radius, cand, mode)
+            if not res.success:
+                return res
+            T_camera_map = res.T_camera_map
+        return res
+
+    def _project_and_match(self, feats: Features, kp: np.ndarray, camera: Camera, T_camera_map: np.ndarray,
+                           radius: float, cand: np.ndarray, mode: str) -> LocalizationResult:
+        """Match keypoints to map points projecting within `radius` px, then PnP."""
+        res = LocalizationResult(False, mode, "too few projected matches")
+        if len(kp) == 0 or len(cand) == 0:
+            return res
+        p = self.points[cand] @ T_camera_map[:3, :3].T + T_camera_map[:3, 3]
+        uv, front = camera.project(p)
+        ok = front & (uv[:, 0] > -radius) & (uv[:, 1] > -radius) & (uv[:, 0] < camera.width + radius) & \
+            (uv[:, 1] < camera.height + radius)
+        if self.conf.max_depth:
+            ok &= p[:, 2] < self.conf.max_depth
+        if ok.sum() < self.conf.registration.min_inliers:
+            return res
+        cand, uv = cand[ok], uv[ok]
+        if self.conf.guided == "radius":
+            q, j = mutual_within_radius(kp, feats.descriptors, uv, self.point_desc[cand], radius,
+                                        self.conf.local_min_similarity, self.conf.local_ratio)
+        else:  # mutual nearest neighbours over all projected points, then kept only near their projection
+            m = mutual_nn(feats.descriptors, self.point_desc[cand], self.conf.match).cpu().numpy()
+            near = np.linalg.norm(kp[m[:, 0]] - uv[m[:, 1]], axis=1) < radius
+            q, j = m[near, 0], m[near, 1]
+        if len(q) < self.conf.registration.min_inliers:
+            return res
+        xyz = self.points[cand[j]]
+        est = estimate_pose(kp[q], xyz, camera, self.conf.registration)
+        reason = check(est, kp[q], camera, self.conf.registration) if est else "PnP failed"
+        if reason:
+            res.reason = reason
+            return res
+        return self._accept(res, est, kp[q], xyz, q)
+
+    def _exhaustive(self, feats: Features, kp: np.ndarray, camera: Camera, times: dict[str, float]) -> LocalizationResult:
+        b = self.map.baseline
+        assert b is not None
+        with self._timer(times, "matching"):
+            q_all, p_all = [], []
+            for i in range(len(b.ptr) - 1):
+                lo, hi = int(b.ptr[i]), int(b.ptr[i + 1])
+                m = mutual_nn(feats.descriptors, self.base_desc[lo:hi], self.conf.match).cpu().numpy()
+                pid = b.point_ids[lo + m[:, 1]]
+                q_all.append(m[pid >= 0, 0])
+                p_all.append(pid[pid >= 0])
+            q, p = np.concatenate(q_all), np.concatenate(p_all)
+            # one 3D point per keypoint: keep the most frequent vote
+            if len(q):
+                pairs, counts = np.unique(np.stack([q, p], 1), axis=0, return_counts=True)
+                order = np.lexsort((-counts, pairs[:, 0]))
+                pairs = pairs[order]
+                first = np.concatenate([[True], pairs[1:, 0] != pairs[:-1, 0]])
+                q, p = pairs[first, 0], pairs[first, 1]
+        res = LocalizationResult(False, "exhaustive", f"{len(q)} matches, no pose")
+        with self._timer(times, "registration"):
+            est = estimate_pose(kp[q], self.points[p], camera, self.conf.registration) if len(q) >= 6 else None
+            reason = check(est, kp[q], camera, self.conf.registration) if est else res.reason
+        if reason:
+            res.reason = reason
+            return res
+        return self._accept(res, est, kp[q], self.points[p], q)

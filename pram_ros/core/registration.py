@@ -1,0 +1,118 @@
+"""Registration: absolute pose from 2D-3D matches (pycolmap LO-RANSAC + refinement), explicit
+acceptance rules, and a covariance from the inliers' reprojection residuals."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pycolmap
+from scipy.spatial.transform import Rotation
+
+from .camera import Camera
+from .geometry import invert, make_T
+
+MIN_POSITION_VAR = 1e-4  # 1 cm^2
+MIN_ROTATION_VAR = np.radians(1.0) ** 2  # (1 deg)^2
+
+
+@dataclass(frozen=True)
+class RegistrationConfig:
+    ransac_thresh_px: float = 8.0
+    min_inliers: int = 30
+    min_inlier_ratio: float = 0.15
+    min_spread: float = 0.04  # inliers' std along their weaker image axis, as a share of the image size
+    max_covariance_position_m2: float = 1.0  # refuse fixes whose position variance exceeds this
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.ransac_thresh_px <= 100:
+            raise ValueError(f"ransac_thresh_px must be in [0.5, 100], got {self.ransac_thresh_px}")
+        if not 6 <= self.min_inliers <= 10000:
+            raise ValueError(f"min_inliers must be in [6, 10000], got {self.min_inliers}")
+
+
+@dataclass
+class PoseEstimate:
+    T_camera_map: np.ndarray  # cam_from_world
+    inliers: np.ndarray  # bool mask over the correspondences
+    residuals_px: np.ndarray  # reprojection error of every correspondence
+
+    @property
+    def num_inliers(self) -> int:
+        return int(self.inliers.sum())
+
+    @property
+    def T_map_camera(self) -> np.ndarray:
+        return invert(self.T_camera_map)
+
+
+def estimate_pose(uv: np.ndarray, xyz: np.ndarray, camera: Camera, conf: RegistrationConfig) -> PoseEstimate | None:
+    """PnP + RANSAC with the camera's distortion model; None when RANSAC finds no model."""
+    if len(uv) < 4:
+        return None
+    est = pycolmap.AbsolutePoseEstimationOptions()
+    est.ransac.max_error = conf.ransac_thresh_px
+    est.ransac.min_inlier_ratio = 0.05
+    ret = pycolmap.estimate_and_refine_absolute_pose(np.asarray(uv, np.float64) + 0.5, np.asarray(xyz, np.float64),
+                                                     camera.to_pycolmap(), est)
+    if ret is None:
+        return None
+    T = np.eye(4)
+    T[:3, :] = ret["cam_from_world"].matrix()
+    return PoseEstimate(T, np.asarray(ret["inlier_mask"], bool), reprojection_errors(T, uv, xyz, camera))
+
+
+def reprojection_errors(T_camera_map: np.ndarray, uv: np.ndarray, xyz: np.ndarray, camera: Camera) -> np.ndarray:
+    p = xyz @ T_camera_map[:3, :3].T + T_camera_map[:3, 3]
+    proj, front = camera.project(p)
+    err = np.linalg.norm(proj - uv, axis=1)
+    err[~front] = np.inf
+    return err
+
+
+def check(est: PoseEstimate, uv: np.ndarray, camera: Camera, conf: RegistrationConfig) -> str:
+    """Empty when the pose is acceptable, else the reason it is not."""
+    n = est.num_inliers
+    if n < conf.min_inliers:
+        return f"{n} inliers < {conf.min_inliers}"
+    if n / len(uv) < conf.min_inlier_ratio:
+        return f"inlier ratio {n / len(uv):.2f} < {conf.min_inlier_ratio}"
+    pts = uv[est.inliers]
+    spread = np.sqrt(max(np.linalg.eigvalsh(np.cov(pts.T))[0], 0.0)) / max(camera.width, camera.height)
+    if spread < conf.min_spread:
+        return f"inliers bunched in the image (spread {spread:.3f} < {conf.min_spread})"
+    return ""
+
+
+def covariance(T_map_camera: np.ndarray, uv: np.ndarray, xyz: np.ndarray, camera: Camera,
+               T_camera_body: np.ndarray | None = None) -> np.ndarray:
+    """6x6 covariance of the body pose in the map frame, over (x, y, z, rot x, rot y, rot z).
+
+    Gauss-Newton on the inliers: sigma^2 (J^T J)^-1 with sigma^2 from the residuals, the
+    Jacobian taken numerically with respect to a position offset and a rotation (map frame) of
+    the body (the camera itself when T_camera_body is None). Floored at 1 cm^2 and (1 deg)^2:
+    never zero, and larger with fewer or noisier inliers.
+    """
+    T_cb = np.eye(4) if T_camera_body is None else T_camera_body
+    T_mb = T_map_camera @ T_cb
+
+    def residual(delta: np.ndarray) -> np.ndarray:
+        T = make_T(Rotation.from_rotvec(delta[3:]).as_matrix() @ T_mb[:3, :3], T_mb[:3, 3] + delta[:3])
+        T_cm = invert(T @ invert(T_cb))
+        p = xyz @ T_cm[:3, :3].T + T_cm[:3, 3]
+        proj, _ = camera.project(p)
+        return (proj - uv).ravel()
+
+    r0 = residual(np.zeros(6))
+    eps = 1e-6
+    J = np.stack([(residual(np.eye(6)[k] * eps) - r0) / eps for k in range(6)], 1)
+    dof = max(len(r0) - 6, 1)
+    sigma2 = max(float(r0 @ r0) / dof, 0.25)  # at least (0.5 px)^2: detector noise
+    try:
+        cov = sigma2 * np.linalg.inv(J.T @ J)
+    except np.linalg.LinAlgError:
+        cov = np.diag([1e6] * 6)
+    cov = 0.5 * (cov + cov.T)
+    floor = np.array([MIN_POSITION_VAR] * 3 + [MIN_ROTATION_VAR] * 3)
+    d = np.diag(cov)
+    scale = np.sqrt(np.maximum(d, floor) / np.maximum(d, 1e-30))
+    return cov * np.outer(scale, scale)

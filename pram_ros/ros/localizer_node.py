@@ -1,0 +1,473 @@
+"""The `localizer` lifecycle node: camera images in, map-frame poses and TF out.
+
+configure loads the map and warms up the networks; activate subscribes; deactivate stops
+publishing; cleanup frees the map. Frames arrive into a one-slot mailbox: a worker thread always
+processes the newest one and older ones are dropped, so latency and memory stay bounded.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_srvs.srv import SetBool, Trigger
+from tf2_msgs.msg import TFMessage
+from visualization_msgs.msg import Marker, MarkerArray
+
+from ..core.camera import Camera, CameraError
+from ..core.geometry import T_from_pose, invert
+from ..core.images import ImageError, decode_compressed, decode_image
+from ..core.localizer import Localizer, LocalizerConfig
+from ..core.map import MapError
+from ..core.registration import RegistrationConfig
+from ..core.tf import TfBuffer, TfError
+from .conversions import image_to_msg, ns_to_time, pose_msgs, pose_to_T, time_to_ns, transform_msg, transform_to_T
+
+LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+
+# name: (default, description, range (lo, hi) or choices)
+PARAMETERS: dict[str, tuple] = {
+    "map_path": ("", "map directory built by pram-ros build-map", None),
+    "device": ("auto", "auto | cpu | cuda | cuda:N", None),
+    "map_frame": ("map", "global frame of the map", None),
+    "odom_frame": ("odom", "odometry frame (REP-105)", None),
+    "base_frame": ("base_link", "robot body frame", None),
+    "camera_frame": ("", "camera optical frame; empty: the image header's frame_id", None),
+    "publish_tf": (True, "publish map->odom (or map->base_link)", None),
+    "tf_mode": ("map_odom", "map_odom | map_base", ("map_odom", "map_base")),
+    "tf_publish_rate": (20.0, "re-send the latest map transform at this rate [Hz]", (0.1, 200.0)),
+    "transform_tolerance": (0.5, "post-date published transforms by this much [s]", (0.0, 10.0)),
+    "max_rate_hz": (0.0, "process at most this many frames per second (0: as fast as possible)", (0.0, 100.0)),
+    "use_tracking": (True, "track between frames; fall back to recognition", None),
+    "ransac_thresh_px": (8.0, "PnP RANSAC threshold [px]", (0.5, 100.0)),
+    "min_inliers": (30, "inliers needed to accept a pose", (6, 10000)),
+    "image_transport": ("raw", "raw | compressed", ("raw", "compressed")),
+    "require_extrinsic": (True, "wait for base_frame -> camera on /tf_static (else the camera is the body)", None),
+    "camera_extrinsic": ([0.0], "static base_frame -> camera [x y z qx qy qz qw]; [0.0]: from /tf_static", None),
+    "stale_fix_s": (5.0, "diagnostics warn when the last fix is older than this [s]", (0.1, 3600.0)),
+    "publish_debug_image": (True, "publish debug/image", None),
+    "autostart": (False, "configure and activate on start-up, without a lifecycle manager", None),
+}
+
+
+@dataclass
+class Stats:
+    received: int = 0
+    dropped: int = 0
+    processed: int = 0
+    localized: int = 0
+    errors: int = 0
+    last_error: str = ""
+    last_fix_ns: int | None = None
+    last: dict = field(default_factory=dict)
+
+
+class LocalizerNode(LifecycleNode):
+    def __init__(self, node_name: str = "localizer", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        for name, (default, desc, rng) in PARAMETERS.items():
+            d = ParameterDescriptor(description=desc)
+            if isinstance(rng, tuple) and len(rng) == 2 and all(isinstance(x, (int, float)) for x in rng):
+                if isinstance(default, float):
+                    d.floating_point_range = [FloatingPointRange(from_value=float(rng[0]), to_value=float(rng[1]))]
+                else:
+                    d.integer_range = [IntegerRange(from_value=int(rng[0]), to_value=int(rng[1]), step=1)]
+            elif rng:
+                d.additional_constraints = f"one of {', '.join(rng)}"
+            self.declare_parameter(name, default, d)
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self._check_or_raise()
+        self.loc: Localizer | None = None
+        self.tf = TfBuffer(cache_ns=30_000_000_000)
+        self.tf_lock = threading.Lock()
+        self.camera: Camera | None = None
+        self.stats = Stats()
+        self.active = False
+        self._slot: tuple | None = None
+        self._cv = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._stop = False
+        self._latest_map_tf: tuple[str, str, np.ndarray] | None = None
+        self._subs: list = []
+        self._timers: list = []
+        # Publishers and always-on inputs exist from construction: TF and camera info are needed
+        # before activation, and diagnostics report an unconfigured node too.
+        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "pose", LATCHED)
+        self.pub_pose_stamped = self.create_publisher(PoseStamped, "pose_stamped", 10)
+        self.pub_tf = self.create_publisher(TFMessage, "/tf", 100)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.pub_debug = self.create_publisher(Image, "debug/image", 2)
+        self.pub_landmarks = self.create_publisher(MarkerArray, "landmarks", LATCHED)
+        self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), 100)
+        self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True), LATCHED)
+        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data)
+        self.create_subscription(PoseWithCovarianceStamped, "/initialpose", self._on_initialpose, 5)
+        self.create_service(Trigger, "relocalize", self._srv_relocalize)
+        self.create_service(SetBool, "set_tracking", self._srv_set_tracking)
+        self.create_timer(1.0, self._publish_diagnostics)
+        if self.p("autostart"):
+            self.create_timer(0.0, self._autostart_once)
+
+    # -- parameters ---------------------------------------------------------------------------
+
+    def p(self, name: str):
+        return self.get_parameter(name).value
+
+    @staticmethod
+    def _problems(values: dict) -> list[str]:
+        out = []
+        for name, value in values.items():
+            if name not in PARAMETERS:
+                continue
+            _, _, rng = PARAMETERS[name]
+            if isinstance(rng, tuple) and len(rng) == 2 and all(isinstance(x, (int, float)) for x in rng):
+                if not (rng[0] <= value <= rng[1]):
+                    out.append(f"{name}={value} outside [{rng[0]}, {rng[1]}]")
+            elif rng and value not in rng:
+                out.append(f"{name}={value!r} not one of {rng}")
+            if name == "camera_extrinsic" and list(value) != [0.0] and len(value) != 7:
+                out.append("camera_extrinsic needs 7 numbers [x y z qx qy qz qw]")
+            if name == "device" and not (value in ("auto", "cpu") or str(value).startswith("cuda")):
+                out.append(f"device={value!r} is not auto, cpu or cuda[:N]")
+        return out
+
+    def _check_parameters(self, params) -> SetParametersResult:
+        problems = self._problems({p.name: p.value for p in params})
+        return SetParametersResult(successful=not problems, reason="; ".join(problems))
+
+    def _check_or_raise(self) -> None:
+        problems = self._problems({n: self.p(n) for n in PARAMETERS})
+        if problems:
+            raise ValueError("invalid parameters: " + "; ".join(problems))
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def _autostart_once(self) -> None:
+        for t in list(self.timers):
+            if t.timer_period_ns == 0:
+                self.destroy_timer(t)
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        path = self.p("map_path")
+        conf = LocalizerConfig(device=self.p("device"), tracking=self.p("use_tracking"),
+                               registration=RegistrationConfig(self.p("ransac_thresh_px"), self.p("min_inliers")))
+        try:
+            if not path:
+                raise MapError("parameter map_path is empty")
+            self.loc = Localizer(path, conf)
+            self.loc.warm_up(self.loc.map.cameras[0])
+        except (MapError, ValueError, OSError, RuntimeError) as exc:
+            self.get_logger().error(f"cannot load map {path!r}: {exc}")
+            self.stats.last_error = f"map: {exc}"
+            self.loc = None
+            return TransitionCallbackReturn.FAILURE
+        self.get_logger().info(f"map {path}: {len(self.loc.points)} points, {self.loc.map.num_landmarks} landmarks, "
+                               f"features {self.loc.map.features['name']} on {self.loc.device}")
+        self.pub_landmarks.publish(self._landmark_markers())
+        self._stop = False
+        self._worker = threading.Thread(target=self._work, daemon=True)
+        self._worker.start()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.p("image_transport") == "compressed":
+            self._subs.append(self.create_subscription(CompressedImage, "image/compressed", self._on_image,
+                                                       qos_profile_sensor_data))
+        else:
+            self._subs.append(self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data))
+        self._timers.append(self.create_timer(1.0 / self.p("tf_publish_rate"), self._resend_tf))
+        self.active = True
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.active = False
+        for s in self._subs:
+            self.destroy_subscription(s)
+        for t in self._timers:
+            self.destroy_timer(t)
+        self._subs, self._timers = [], []
+        with self._cv:
+            self._slot = None
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        self.loc = None
+        self._latest_map_tf = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.active = False
+        self._stop_worker()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_worker(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=10)
+        self._worker = None
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def _on_tf(self, msg: TFMessage, static: bool) -> None:
+        with self.tf_lock:
+            for tr in msg.transforms:
+                try:
+                    self.tf.set_transform(tr.header.frame_id, tr.child_frame_id, time_to_ns(tr.header.stamp),
+                                          transform_to_T(tr.transform), static)
+                except (TfError, ValueError) as exc:
+                    self._error(f"bad transform {tr.header.frame_id}->{tr.child_frame_id}: {exc}")
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            self.camera = Camera.from_camera_info(msg)
+        except (CameraError, ValueError) as exc:
+            self._error(f"camera info rejected: {exc}")
+
+    def _on_image(self, msg) -> None:
+        self.stats.received += 1
+        with self._cv:
+            if self._slot is not None:
+                self.stats.dropped += 1  # the worker was busy: the older frame is stale
+            self._slot = (msg, time.monotonic())
+            self._cv.notify()
+
+    def _on_initialpose(self, msg: PoseWithCovarianceStamped) -> None:
+        if self.loc is None:
+            return
+        T_map_base = pose_to_T(msg.pose.pose)
+        T_base_cam = self._extrinsic(self.p("camera_frame") or self._last_camera_frame())
+        self.loc.set_prior(T_map_base @ (T_base_cam if T_base_cam is not None else np.eye(4)))
+        self.get_logger().info("initial pose received: next frames start from it")
+
+    def _srv_relocalize(self, req, resp):
+        if self.loc is not None:
+            self.loc.reset()
+        resp.success, resp.message = self.loc is not None, "track dropped" if self.loc else "not configured"
+        return resp
+
+    def _srv_set_tracking(self, req, resp):
+        self.set_parameters([rclpy.parameter.Parameter("use_tracking", value=bool(req.data))])
+        if self.loc is not None:
+            self.loc.conf = type(self.loc.conf)(**{**self.loc.conf.__dict__, "tracking": bool(req.data)})
+        resp.success, resp.message = True, f"tracking {'on' if req.data else 'off'}"
+        return resp
+
+    # -- processing ---------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        last_t = 0.0
+        while True:
+            with self._cv:
+                while self._slot is None and not self._stop:
+                    self._cv.wait(timeout=0.5)
+                if self._stop:
+                    return
+                msg, _ = self._slot
+                self._slot = None
+            rate = self.p("max_rate_hz")
+            if rate > 0 and time.monotonic() - last_t < 1.0 / rate:
+                self.stats.dropped += 1
+                continue
+            last_t = time.monotonic()
+            try:
+                self._process(msg)
+            except Exception as exc:  # the node must survive anything a frame can do
+                self._error(f"frame failed: {type(exc).__name__}: {exc}")
+
+    def _last_camera_frame(self) -> str:
+        return self.stats.last.get("camera_frame", "")
+
+    def _extrinsic(self, camera_frame: str) -> np.ndarray | None:
+        """T_base_camera from the parameter or /tf_static; None when unknown."""
+        ext = list(self.p("camera_extrinsic"))
+        if len(ext) == 7:
+            return T_from_pose(np.array(ext[:3]), np.array(ext[3:]))
+        with self.tf_lock:
+            try:
+                return self.tf.lookup(self.p("base_frame"), camera_frame, 0) if camera_frame else None
+            except TfError:
+                try:  # a non-static extrinsic: take the newest
+                    child = self.tf.latest_stamp(camera_frame)
+                    return self.tf.lookup(self.p("base_frame"), camera_frame, child) if child else None
+                except TfError:
+                    return None
+
+    def _process(self, msg) -> None:
+        if not self.active or self.loc is None:
+            return
+        stamp = time_to_ns(msg.header.stamp)
+        try:
+            image = decode_compressed(msg) if isinstance(msg, CompressedImage) else decode_image(msg)
+        except ImageError as exc:
+            self._error(f"image rejected: {exc}")
+            return
+        camera = self.camera
+        if camera is None:
+            self._error("no camera_info received yet: waiting", level=DiagnosticStatus.WARN)
+            return
+        if image.shape[:2] != (camera.height, camera.width):
+            self._error(f"image {image.shape[1]}x{image.shape[0]} does not match camera_info "
+                        f"{camera.width}x{camera.height}")
+            return
+        cam_frame = self.p("camera_frame") or msg.header.frame_id
+        self.stats.last["camera_frame"] = cam_frame
+        T_base_cam = self._extrinsic(cam_frame)
+        if T_base_cam is None and self.p("require_extrinsic"):
+            self._error(f"no transform {self.p('base_frame')} -> {cam_frame!r} yet (extrinsic): waiting",
+                        level=DiagnosticStatus.WARN)
+            return
+        body_is_camera = T_base_cam is None
+        T_base_cam = np.eye(4) if body_is_camera else T_base_cam
+        t0 = time.perf_counter()
+        res = self.loc.localize(image, camera, T_camera_body=invert(T_base_cam))
+        self.stats.processed += 1
+        self.stats.last.update(mode=res.mode if res.success else "lost", keypoints=res.num_keypoints,
+                               inliers=res.num_inliers, landmarks=len(res.landmarks),
+                               processing_ms=(time.perf_counter() - t0) * 1e3, reason=res.reason)
+        if self.p("publish_debug_image") and self.pub_debug.get_subscription_count() > 0:
+            self.pub_debug.publish(image_to_msg(debug_image(image, res), "bgr8", stamp, cam_frame))
+        if not res.success or not self.active:
+            return
+        T_map_base = res.T_map_camera @ invert(T_base_cam)
+        base = cam_frame if body_is_camera else self.p("base_frame")
+        pc, ps = pose_msgs(T_map_base, res.covariance, stamp, self.p("map_frame"))
+        self.pub_pose.publish(pc)
+        self.pub_pose_stamped.publish(ps)
+        self.stats.localized += 1
+        self.stats.last_fix_ns = stamp
+        self.stats.last["latency_ms"] = (self.get_clock().now().nanoseconds - stamp) * 1e-6
+        if self.p("publish_tf"):
+            self._set_map_tf(T_map_base, base, stamp)
+
+    def _set_map_tf(self, T_map_base: np.ndarray, base: str, stamp: int) -> None:
+        """map -> odom from odometry at the image stamp (REP-105), else map -> base."""
+        odom = self.p("odom_frame")
+        if self.p("tf_mode") == "map_odom" and base == self.p("base_frame"):
+            with self.tf_lock:
+                try:
+                    T_odom_base = self.tf.lookup(odom, base, stamp)
+                except TfError as exc:
+                    T_odom_base = None
+                    self.stats.last["tf"] = f"no odometry at the image stamp ({exc}): publishing {base}"
+            if T_odom_base is not None:
+                self._latest_map_tf = (odom, T_map_base @ invert(T_odom_base))
+                self.stats.last["tf"] = f"{self.p('map_frame')} -> {odom}"
+                self._resend_tf(stamp)
+                return
+        self._latest_map_tf = (base, T_map_base)
+        self._resend_tf(stamp)
+
+    def _resend_tf(self, stamp: int | None = None) -> None:
+        if not self.active or self._latest_map_tf is None or not self.p("publish_tf"):
+            return
+        child, T = self._latest_map_tf
+        now = stamp if stamp is not None else self.get_clock().now().nanoseconds
+        t = now + int(self.p("transform_tolerance") * 1e9)
+        self.pub_tf.publish(TFMessage(transforms=[transform_msg(self.p("map_frame"), child, T, t)]))
+
+    # -- outputs ------------------------------------------------------------------------------
+
+    def _error(self, text: str, level: bytes = DiagnosticStatus.ERROR) -> None:
+        self.stats.errors += level == DiagnosticStatus.ERROR
+        self.stats.last_error = text
+        self.stats.last["error_level"] = level
+        self.get_logger().warning(text, throttle_duration_sec=2.0)
+        self._publish_diagnostics(level, text)
+
+    def _publish_diagnostics(self, level: bytes | None = None, message: str = "") -> None:
+        s, now = self.stats, self.get_clock().now().nanoseconds
+        since = (now - s.last_fix_ns) * 1e-9 if s.last_fix_ns is not None else float("inf")
+        if level is None:
+            if self.loc is None:
+                level, message = DiagnosticStatus.ERROR, s.last_error or "not configured: no map loaded"
+            elif not self.active:
+                level, message = DiagnosticStatus.WARN, "inactive"
+            elif since > self.p("stale_fix_s"):
+                level, message = DiagnosticStatus.WARN, f"stale fix: last {since:.1f} s ago"
+            else:
+                level, message = DiagnosticStatus.OK, "localized"
+        values = {"localized": str(s.last.get("mode", "lost") != "lost"), "mode": s.last.get("mode", "none"),
+                  "keypoints": s.last.get("keypoints", 0), "landmarks": s.last.get("landmarks", 0),
+                  "inliers": s.last.get("inliers", 0), "processing_ms": f"{s.last.get('processing_ms', 0):.1f}",
+                  "latency_ms": f"{s.last.get('latency_ms', 0):.1f}", "time_since_fix_s": f"{since:.2f}",
+                  "frames_received": s.received, "frames_dropped": s.dropped, "frames_processed": s.processed,
+                  "frames_localized": s.localized, "errors": s.errors, "last_error": s.last_error,
+                  "tf": s.last.get("tf", ""), "reason": s.last.get("reason", "")}
+        st = DiagnosticStatus(level=level, name=f"{self.get_name()}: pram localizer", message=message,
+                              hardware_id="camera")
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        arr = DiagnosticArray(status=[st])
+        arr.header.stamp = ns_to_time(now)
+        self.pub_diag.publish(arr)
+
+    def _landmark_markers(self) -> MarkerArray:
+        m = self.loc.map
+        mk = Marker(ns="pram_landmarks", id=0, type=Marker.POINTS, action=Marker.ADD)
+        mk.header.frame_id = self.p("map_frame")
+        mk.scale.x = mk.scale.y = 0.03
+        from geometry_msgs.msg import Point
+        from std_msgs.msg import ColorRGBA
+
+        colors = _palette(m.num_landmarks + 1)
+        mk.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in m.points]
+        mk.colors = [ColorRGBA(r=float(c[2]) / 255, g=float(c[1]) / 255, b=float(c[0]) / 255, a=1.0)
+                     for c in colors[m.labels]]
+        mk.pose.orientation.w = 1.0
+        return MarkerArray(markers=[mk])
+
+
+def _palette(n: int) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.integers(40, 255, (max(n, 1), 3)).astype(np.uint8)
+
+
+def debug_image(image: np.ndarray, res) -> np.ndarray:
+    """Keypoints coloured by recognized landmark (grey: none), inliers circled in green."""
+    import cv2
+
+    from ..core.images import to_gray
+
+    out = cv2.cvtColor(to_gray(image), cv2.COLOR_GRAY2BGR)
+    if res.keypoints is None:
+        return out
+    labels = res.keypoint_landmarks if res.keypoint_landmarks is not None else np.zeros(len(res.keypoints), int)
+    colors = _palette(int(labels.max()) + 1 if len(labels) else 1)
+    for (x, y), lab in zip(res.keypoints.astype(int), labels):
+        c = (128, 128, 128) if lab == 0 else tuple(int(v) for v in colors[lab])
+        cv2.circle(out, (int(x), int(y)), 2, c, -1)
+    if res.inlier_keypoints is not None:
+        for x, y in res.keypoints[res.inlier_keypoints].astype(int):
+            cv2.circle(out, (int(x), int(y)), 5, (0, 255, 0), 1)
+    text = f"{res.mode}: {res.num_inliers} inliers" if res.success else f"lost: {res.reason[:60]}"
+    cv2.putText(out, text, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 255), 1)
+    return out
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = LocalizerNode()
+    try:
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.on_shutdown(None)
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

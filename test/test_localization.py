@@ -1,0 +1,84 @@
+"""Localization core: accuracy floors on the demo and fox bags, honest failure, tracking, covariance."""
+import numpy as np
+import pytest
+
+from pram_ros.core.bag import BagReader
+from pram_ros.core.evaluation import errors, evaluate
+from pram_ros.core.localizer import Localizer, LocalizerConfig
+from pram_ros.core.registration import covariance
+
+
+@pytest.fixture(scope="module")
+def demo_query_frames(demo_full):
+    with BagReader(demo_full["query"]) as r:
+        return list(r.frames())
+
+
+def test_demo_query_recall_floor(demo_map, demo_full, tmp_path):
+    loc = Localizer(demo_map.out, LocalizerConfig(tracking=False))
+    report = evaluate(loc, demo_full["query"], tmp_path, progress=False)
+    assert report["recall"]["0.25m_2deg"] >= 0.9, report["recall"]
+    assert report["num_frames"] == len(report["frames"]) > 100
+    for name in ("report.json", "estimated.tum", "groundtruth.tum", "trajectory.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert set(report["timing_ms"]) >= {"features", "recognition", "registration", "total"}
+
+
+def test_fox_queries_within_2deg_and_2_percent(fox_map, fox_bags, tmp_path):
+    loc = Localizer(fox_map.out, LocalizerConfig(tracking=False))
+    report = evaluate(loc, fox_bags["query"], tmp_path, progress=False)
+    scale = report["scene_scale"]
+    good = [f for f in report["frames"] if f["localized"] and f["rotation_error_deg"] <= 2.0
+            and f["translation_error_m"] <= 0.02 * scale]
+    assert len(report["frames"]) == 10 and len(good) >= 9, [(f["translation_error_m"], f["rotation_error_deg"])
+                                                            for f in report["frames"]]
+
+
+def test_exhaustive_baseline_localizes_with_the_same_features(demo_map, demo_query_frames):
+    loc = Localizer(demo_map.out, LocalizerConfig(method="exhaustive"))
+    f = demo_query_frames[40]
+    res = loc.localize(f.image, f.camera)
+    assert res.success and res.mode == "exhaustive"
+    t, r = errors(res.T_map_camera, f.T_map_camera)
+    assert t < 0.25 and r < 2.0
+    assert "matching" in res.timings_ms and "recognition" not in res.timings_ms
+
+
+def test_images_of_another_place_are_rejected(demo_map, fox_map, fox_bags, demo_query_frames):
+    demo_loc = Localizer(demo_map.out, LocalizerConfig(tracking=False))
+    with BagReader(fox_bags["map"]) as r:
+        fox_frames = list(r.frames())
+    assert not any(demo_loc.localize(f.image, f.camera).success for f in fox_frames)
+    fox_loc = Localizer(fox_map.out, LocalizerConfig(tracking=False))
+    assert not any(fox_loc.localize(f.image, f.camera).success for f in demo_query_frames[::3])
+
+
+def test_tracking_relocalizes_after_black_frames(demo_map, demo_query_frames):
+    loc = Localizer(demo_map.out, LocalizerConfig(tracking=True))
+    modes, ok = [], []
+    frames = demo_query_frames[:24]
+    for k, f in enumerate(frames):
+        image = np.zeros_like(f.image) if 10 <= k < 14 else f.image
+        res = loc.localize(image, f.camera)
+        modes.append(res.mode if res.success else "lost")
+        ok.append(res.success and errors(res.T_map_camera, f.T_map_camera)[0] < 0.25)
+    assert modes[10:14] == ["lost"] * 4  # black frames give no pose
+    assert "tracking" in modes[:10]  # it tracked before the blackout
+    assert any(ok[14:17]), modes  # and re-localized by recognition right after
+    assert sum(ok[14:]) >= 0.8 * len(ok[14:])
+
+
+def test_covariance_grows_as_inliers_shrink(demo_map, demo_query_frames):
+    loc = Localizer(demo_map.out, LocalizerConfig(tracking=False))
+    f = demo_query_frames[45]
+    res = loc.localize(f.image, f.camera)
+    assert res.success
+    cov = res.covariance
+    assert cov.shape == (6, 6) and np.all(np.linalg.eigvalsh(cov) > 0)
+    rng = np.random.default_rng(0)
+    traces = []
+    for frac in (1.0, 0.5, 0.2):
+        sel = rng.choice(res.num_inliers, max(8, int(frac * res.num_inliers)), replace=False)
+        c = covariance(res.T_map_camera, res.inlier_uv[sel], res.inlier_xyz[sel], f.camera)
+        traces.append(np.trace(c[:3, :3]) + np.trace(c[3:, 3:]))
+    assert traces[0] < traces[1] < traces[2]
