@@ -26,6 +26,8 @@ setup(
     entry_points={
         "console_scripts": [
             "pram-ros = pram_ros.cli:main",
+            "localizer = pram_ros.ros.localizer_node:main",
+            "map_builder = pram_ros.ros.map_builder_node:main",
         ],
     },
 )

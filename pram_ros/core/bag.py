@@ -144,6 +144,12 @@ class BagReader:
         for conn, _, raw in self._reader.messages(connections=conns):
             yield conn, self._reader.deserialize(raw, conn.msgtype)
 
+    def raw_messages(self, topics: list[str]) -> Iterator[tuple[str, str, int, bytes]]:
+        """(topic, type, bag time ns, CDR bytes) of the given topics, in time order."""
+        conns = [c for c in self._reader.connections if c.topic in topics]
+        for conn, t, raw in self._reader.messages(connections=conns):
+            yield conn.topic, conn.msgtype, t, bytes(raw)
+
     def counts(self) -> dict[str, int]:
         """Message count per topic."""
         c: Counter[str] = Counter()
@@ -272,8 +278,11 @@ class BagWriter:
         return self._conns[topic]
 
     def write_msg(self, topic: str, msgtype: str, msg: Any, ns: int, **qos: bool) -> None:
-        conn = self._conn(topic, msgtype, **qos)
-        self._writer.write(conn, ns, TYPESTORE.serialize_cdr(msg, msgtype))
+        self.write_cdr(topic, msgtype, TYPESTORE.serialize_cdr(msg, msgtype), ns, **qos)
+
+    def write_cdr(self, topic: str, msgtype: str, data: bytes, ns: int, **qos: bool) -> None:
+        """An already serialized (CDR) message, e.g. from rclpy.serialization."""
+        self._writer.write(self._conn(topic, msgtype, **qos), ns, data)
 
     def write_image(self, ns: int, image: np.ndarray, camera: Camera, frame_id: str) -> None:
         """The image (raw or compressed) and its camera info at stamp ns."""

@@ -9,7 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -197,10 +197,37 @@ def _T_map_camera(rec, iid: int) -> np.ndarray:
     return invert(T)
 
 
+def augment(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A photometric and geometric variant of a map image, and the homography that maps it.
+
+    Brightness, contrast, colour cast, vignetting and noise stand in for other lighting; a random
+    perspective warp with a scale change stands in for another viewpoint.
+    """
+    h, w = image.shape[:2]
+    img = image.astype(np.float32)
+    if img.ndim == 2:
+        img = img[..., None]
+    img = img * rng.uniform(0.6, 1.3) * rng.uniform(0.85, 1.15, img.shape[2]) + rng.uniform(-30, 30)
+    img = (img - img.mean()) * rng.uniform(0.7, 1.3) + img.mean()
+    yy, xx = np.mgrid[0:h, 0:w]
+    r2 = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) / ((w / 2) ** 2 + (h / 2) ** 2)
+    img *= (1 - rng.uniform(0, 0.3) * r2)[..., None]
+    img += rng.normal(0, rng.uniform(1, 6), img.shape)
+    img = np.clip(img, 0, 255).astype(np.uint8).squeeze()
+    s = rng.uniform(0.7, 1.15)
+    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    dst = (src + rng.uniform(-0.12, 0.12, (4, 2)).astype(np.float32) * [w, h]) * s
+    dst -= dst.min(0)
+    H = cv2.getPerspectiveTransform(src, dst.astype(np.float32))
+    size = (int(np.ceil(dst[:, 0].max())), int(np.ceil(dst[:, 1].max())))
+    return cv2.warpPerspective(img, H, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT), H
+
+
 def training_samples(kfs: list[Keyframe], feats, keypoint_labels: list[np.ndarray], extractor: Extractor,
                      conf: BuildConfig, progress: bool = True) -> tuple[list[Sample], list[Sample]]:
-    """Original views plus augmented ones (scale, brightness, contrast, noise; features recomputed,
-    labels carried over from the original keypoints within 3 px). Held-out views go to validation."""
+    """Original views plus augmented ones (features recomputed on the warped image, labels carried
+    over from the original keypoints landing within 3 px). Held-out views go to validation."""
+    from scipy.spatial import cKDTree
     from tqdm import tqdm
 
     rng = np.random.default_rng(conf.train.seed)
@@ -212,18 +239,13 @@ def training_samples(kfs: list[Keyframe], feats, keypoint_labels: list[np.ndarra
         views = [Sample(kp, d, lab, (w, h))]
         held_out = conf.val_every and i % conf.val_every == conf.val_every // 2
         for _ in range(0 if held_out else conf.augmentations):
-            s = rng.uniform(0.7, 1.15)
-            img = kfs[i].image.astype(np.float32) * rng.uniform(0.6, 1.3) + rng.uniform(-30, 30)
-            img = (img - img.mean()) * rng.uniform(0.7, 1.3) + img.mean() + rng.normal(0, 3, img.shape)
-            img = cv2.resize(np.clip(img, 0, 255).astype(np.uint8), (round(w * s), round(h * s)),
-                             interpolation=cv2.INTER_AREA)
+            img, H = augment(kfs[i].image, rng)
             akp, ad = extractor(img).numpy()
-            scaled = (kp + 0.5) * [img.shape[1] / w, img.shape[0] / h] - 0.5
             alab = np.zeros(len(akp), np.int64)
-            if len(akp) and len(scaled):
-                dist = np.linalg.norm(akp[:, None] - scaled[None], axis=2)
-                j = dist.argmin(1)
-                near = dist[np.arange(len(akp)), j] < 3.0
+            if len(akp) and len(kp):
+                warped = cv2.perspectiveTransform(kp[None].astype(np.float64), H)[0]
+                dist, j = cKDTree(warped).query(akp)
+                near = dist < 3.0
                 alab[near] = lab[j[near]]
             views.append(Sample(akp, ad, alab, (img.shape[1], img.shape[0])))
         (val_s if held_out else train_s).extend(views)
@@ -241,8 +263,11 @@ def hloc_style_bytes(result: SfmResult, feats) -> int:
 
 
 def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(), topics: BagTopics = BagTopics(),
-              progress: bool = True) -> BuildSummary:
-    """Build a PRAM map from a contract bag into `out` (written atomically)."""
+              progress: bool = True, report: Callable[[str, float], None] | None = None) -> BuildSummary:
+    """Build a PRAM map from a contract bag into `out` (written atomically).
+
+    `report(stage, seconds)` is called after each stage (the map_builder node puts it on /diagnostics).
+    """
     times: dict[str, float] = {}
     warnings: list[str] = []
     t = time.monotonic()
@@ -252,6 +277,8 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
         times[name] = time.monotonic() - t
         t = time.monotonic()
         log.info("stage %s done in %.1f s", name, times[name])
+        if report:
+            report(name, times[name])
 
     with BagReader(bag, topics) as reader:
         kfs, source = select_keyframes(reader, conf)
