@@ -263,10 +263,10 @@ def hloc_style_bytes(result: SfmResult, feats) -> int:
 
 
 def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(), topics: BagTopics = BagTopics(),
-              progress: bool = True, report: Callable[[str, float], None] | None = None) -> BuildSummary:
+              progress: bool = True, on_stage: Callable[[str, float], None] | None = None) -> BuildSummary:
     """Build a PRAM map from a contract bag into `out` (written atomically).
 
-    `report(stage, seconds)` is called after each stage (the map_builder node puts it on /diagnostics).
+    `on_stage(stage, seconds)` is called after each stage (the map_builder node puts it on /diagnostics).
     """
     times: dict[str, float] = {}
     warnings: list[str] = []
@@ -277,8 +277,8 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
         times[name] = time.monotonic() - t
         t = time.monotonic()
         log.info("stage %s done in %.1f s", name, times[name])
-        if report:
-            report(name, times[name])
+        if on_stage:
+            on_stage(name, times[name])
 
     with BagReader(bag, topics) as reader:
         kfs, source = select_keyframes(reader, conf)

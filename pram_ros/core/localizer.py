@@ -42,6 +42,7 @@ class LocalizerConfig:
     max_prefilter_drop: float = 0.6  # ...unless that removes more than this share
     max_landmarks: int = 15  # candidates tried in rank order...
     landmarks_per_attempt: int = 3  # ...this many at a time (their points matched jointly)
+    ranking: str = "votes"  # votes (first, then second choices) | soft (summed probabilities)
     min_labelled: int = 40  # fewer keypoints voting for a landmark: match all keypoints instead
     refine_radii_px: tuple[float, ...] = (24.0, 8.0)  # refinement passes, coarse to fine
     local_min_similarity: float = 0.7  # projection-guided matches (refinement, tracking)
@@ -195,9 +196,12 @@ class Localizer:
         top2 = probs[:, 1:].topk(min(2, probs.shape[1] - 1), dim=1).indices + 1  # labels 1..K
         kept = top2[keep].cpu().numpy()
         k = self.map.num_landmarks
-        first = np.bincount(kept[:, 0], minlength=k + 1)
-        second = np.bincount(kept[:, 1], minlength=k + 1) if kept.shape[1] > 1 else np.zeros(k + 1)
-        score = first * (len(probs) + 1) + second  # first choices, then second choices
+        if self.conf.ranking == "votes":  # first choices, then second choices (the reference)
+            first = np.bincount(kept[:, 0], minlength=k + 1)
+            second = np.bincount(kept[:, 1], minlength=k + 1) if kept.shape[1] > 1 else np.zeros(k + 1)
+            score = first * (len(probs) + 1) + second
+        else:  # soft votes: each kept keypoint's probability mass per landmark
+            score = np.concatenate([[0.0], probs[keep, 1:].sum(0).cpu().numpy()])
         order = [int(lm) for lm in np.argsort(-score) if lm > 0 and score[lm] > 0]
         return keep.cpu().numpy(), order, top2.cpu().numpy()
 

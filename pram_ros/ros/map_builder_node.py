@@ -120,7 +120,7 @@ class MapBuilderNode(Node):
                 self.detail = f"stage {stage} done in {seconds:.1f} s"
                 self.get_logger().info(self.detail)
 
-            self.summary = build_map(bag, out, self._conf(), progress=False, report=report)
+            self.summary = build_map(bag, out, self._conf(), progress=False, on_stage=report)
         except Exception as exc:  # report, never crash the node
             self._fail(f"build failed: {type(exc).__name__}: {exc}")
             return
