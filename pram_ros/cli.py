@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--pose-source", choices=["auto", "ground_truth", "odometry", "none"], default="auto")
     p.add_argument("--landmarks", type=int, default=0, help="number of landmarks K (0: from the map's size)")
-    p.add_argument("--steps", type=int, default=300, help="recognizer training steps")
+    p.add_argument("--steps", type=int, default=400, help="recognizer training steps")
     p.add_argument("--max-minutes", type=float, default=8.0, help="recognizer training time budget")
     p.add_argument("--max-images", type=int, default=0, help="use at most N keyframes (0: all)")
     _topic_args(p)

@@ -63,7 +63,7 @@ def test_map_geometry_landmarks_and_recognizer(which, request):
     # the recognizer recognizes held-out map images far better than chance
     rec = summary.recognition
     assert rec["val_labelled_keypoints"] > 100
-    assert rec["val_landmark_accuracy"] > max(0.5, 4 * rec["chance"]), rec
+    assert rec["val_landmark_accuracy"] > rec["chance"] + 0.5 * (1 - rec["chance"]), rec  # halfway to perfect
     # sizes: map data is a small share of an hloc-style map
     assert summary.sizes["map_data"] < 0.15 * summary.sizes["hloc_style"]
     assert (summary.out / "landmarks.png").stat().st_size > 10_000

@@ -40,9 +40,9 @@ class LocalizerConfig:
     registration: RegistrationConfig = RegistrationConfig()
     no_landmark_prob: float = 0.95  # drop keypoints this sure to be background...
     max_prefilter_drop: float = 0.6  # ...unless that removes more than this share
-    max_landmarks: int = 15  # candidates tried in rank order...
+    max_landmarks: int = 24  # candidates tried in rank order...
     landmarks_per_attempt: int = 3  # ...this many at a time (their points matched jointly)
-    ranking: str = "votes"  # votes (first, then second choices) | soft (summed probabilities)
+    ranking: str = "soft"  # soft (summed probabilities) | votes (first, then second choices)
     min_labelled: int = 40  # fewer keypoints voting for a landmark: match all keypoints instead
     refine_radii_px: tuple[float, ...] = (24.0, 8.0)  # refinement passes, coarse to fine
     local_min_similarity: float = 0.7  # projection-guided matches (refinement, tracking)
@@ -237,7 +237,8 @@ class Localizer:
                 m = mutual_nn(feats.descriptors[sel], self.point_desc[pts], self.conf.match).cpu().numpy()
                 q, p = sel[m[:, 0]], pts[m[:, 1]]
                 est = estimate_pose(kp[q], self.points[p], camera, self.conf.registration) if len(q) >= 6 else None
-                reason = check(est, kp[q], camera, self.conf.registration) if est else f"{len(q)} matches, no pose"
+                reason = check(est, kp[q], camera, self.conf.registration, final=False) if est else \
+                    f"{len(q)} matches, no pose"
             if reason:
                 best_reason = f"landmarks {group}: {reason}"
                 continue

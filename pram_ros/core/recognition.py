@@ -110,7 +110,7 @@ class TrainConfig:
     keypoints_per_sample: int = 512
     labelled_share: float = 0.7  # at most this share of a sample's keypoints carry a landmark label
     batch_size: int = 8
-    steps: int = 300  # optimizer steps, whatever the map's size (the schedule decays over them)
+    steps: int = 400  # optimizer steps, whatever the map's size (the schedule decays over them)
     max_minutes: float = 8.0  # stop early when the time budget is spent
     lr: float = 1e-3
     final_lr_ratio: float = 0.05  # exponential decay to this share of lr at the last step

@@ -19,8 +19,11 @@ MIN_ROTATION_VAR = np.radians(1.0) ** 2  # (1 deg)^2
 class RegistrationConfig:
     ransac_thresh_px: float = 8.0
     min_inliers: int = 30
+    min_candidate_inliers: int = 12  # a candidate this weak may still be confirmed by the map points in view
     min_inlier_ratio: float = 0.15
     min_spread: float = 0.04  # inliers' std along their weaker image axis, as a share of the image size
+    min_coverage: float = 0.22  # share of the image the inliers' bounding box must cover: a pose held
+    # up by one poster or window alone is the typical wrong fix where the same picture hangs twice
     max_covariance_position_m2: float = 1.0  # refuse fixes whose position variance exceeds this
 
     def __post_init__(self) -> None:
@@ -69,17 +72,25 @@ def reprojection_errors(T_camera_map: np.ndarray, uv: np.ndarray, xyz: np.ndarra
     return err
 
 
-def check(est: PoseEstimate, uv: np.ndarray, camera: Camera, conf: RegistrationConfig) -> str:
-    """Empty when the pose is acceptable, else the reason it is not."""
+def check(est: PoseEstimate, uv: np.ndarray, camera: Camera, conf: RegistrationConfig, final: bool = True) -> str:
+    """Empty when the pose is acceptable, else the reason it is not. Candidate poses from a few
+    landmarks (final=False) are not yet held to the image-coverage rule."""
     n = est.num_inliers
-    if n < conf.min_inliers:
-        return f"{n} inliers < {conf.min_inliers}"
+    need = conf.min_inliers if final else conf.min_candidate_inliers
+    if n < need:
+        return f"{n} inliers < {need}"
     if n / len(uv) < conf.min_inlier_ratio:
         return f"inlier ratio {n / len(uv):.2f} < {conf.min_inlier_ratio}"
     pts = uv[est.inliers]
     spread = np.sqrt(max(np.linalg.eigvalsh(np.cov(pts.T))[0], 0.0)) / max(camera.width, camera.height)
     if spread < conf.min_spread:
         return f"inliers bunched in the image (spread {spread:.3f} < {conf.min_spread})"
+    if not final:
+        return ""
+    (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+    coverage = (x1 - x0) * (y1 - y0) / (camera.width * camera.height)
+    if coverage < conf.min_coverage:
+        return f"inliers cover {coverage:.0%} of the image (< {conf.min_coverage:.0%})"
     return ""
 
 

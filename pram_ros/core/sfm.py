@@ -141,6 +141,7 @@ def run_sfm(inputs: list[SfmInput], conf: SfmConfig = SfmConfig(), workdir: Path
     if len(inputs) < 2:
         raise ValueError(f"SfM needs at least 2 images, got {len(inputs)}")
     known = all(x.T_map_camera is not None for x in inputs)
+    pycolmap.logging.minloglevel = max(pycolmap.logging.minloglevel, 2)  # no per-image glog lines
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
         db_path = tmp / "database.db"

@@ -40,7 +40,7 @@ class MapBuilderNode(Node):
         self.declare_parameter("max_keypoints", 1024)
         self.declare_parameter("device", "auto")
         self.declare_parameter("pose_source", "auto")
-        self.declare_parameter("training_steps", 300)
+        self.declare_parameter("training_steps", 400)
         self.declare_parameter("image_transport", "raw")
         self.state, self.detail = "idle", ""
         self.recorded = 0
