@@ -100,23 +100,27 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_replay(a: argparse.Namespace) -> int:
-    from .core.evaluation import report_table
     from .ros.replay import replay
 
     report = replay(a.map_dir, a.bag, a.out, rate=a.rate, topics=_topics(a), node_params=a.param or [])
     print(f"== replay report in {a.out}/report.json (node output recorded in {a.out}/recorded)")
+    print_replay(report)
+    return 0
+
+
+def print_replay(report: dict) -> None:
+    from .core.evaluation import report_table
+
     print(report_table(report))
     if "map_odom" in report:
         mo = report["map_odom"]
         print(f"  map->odom + odometry vs truth: median {mo['median_translation_m']:.3f} m, "
               f"{mo['median_rotation_deg']:.2f} deg ({mo['within_0.25m_2deg']:.0%} within 0.25 m, 2 deg)")
-    return 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
     """The main job on the embedded default: demo bags -> map -> replay through the node -> report."""
     from .core.build import build_map
-    from .core.evaluation import report_table
     from .core.synthetic import make_demo_data
     from .ros.replay import replay
 
@@ -140,11 +144,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     print(f"== 3/3 replaying the query bag through the localizer node (rate {a.rate}x, sim time)")
     report = replay(map_dir, bags["query"], data / "demo_report", rate=a.rate)
     print(f"== report: {data}/demo_report/report.json, trajectory plot: {data}/demo_report/trajectory.png")
-    print(report_table(report))
-    if "map_odom" in report:
-        mo = report["map_odom"]
-        print(f"  map->odom + odometry vs truth: median {mo['median_translation_m']:.3f} m, "
-              f"{mo['median_rotation_deg']:.2f} deg")
+    print_replay(report)
     return 0
 
 

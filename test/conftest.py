@@ -20,6 +20,21 @@ def domain_id() -> int:
     return next(_domain_ids)
 
 
+@pytest.fixture
+def ros(domain_id):
+    """(context, executor) of an rclpy context in the test's own DDS domain."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=domain_id)
+    ex = SingleThreadedExecutor(context=ctx)
+    yield ctx, ex
+    ex.shutdown()
+    rclpy.shutdown(context=ctx)
+
+
 @pytest.fixture(scope="session")
 def fox_dir() -> Path:
     if not (FOX_DIR / "transforms.json").is_file():

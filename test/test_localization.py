@@ -76,9 +76,12 @@ def test_covariance_grows_as_inliers_shrink(demo_map, demo_query_frames):
     cov = res.covariance
     assert cov.shape == (6, 6) and np.all(np.linalg.eigvalsh(cov) > 0)
     rng = np.random.default_rng(0)
-    traces = []
-    for frac in (1.0, 0.5, 0.2):
+    traces, floored = [], []
+    for frac in (1.0, 0.5, 0.2, 0.05):
         sel = rng.choice(res.num_inliers, max(8, int(frac * res.num_inliers)), replace=False)
-        c = covariance(res.T_map_camera, res.inlier_uv[sel], res.inlier_xyz[sel], f.camera)
-        traces.append(np.trace(c[:3, :3]) + np.trace(c[3:, 3:]))
-    assert traces[0] < traces[1] < traces[2]
+        args = (res.T_map_camera, res.inlier_uv[sel], res.inlier_xyz[sel], f.camera)
+        traces.append(np.trace(covariance(*args, floor=False)))
+        floored.append(np.trace(covariance(*args)))
+    assert traces[0] < traces[1] < traces[2] < traces[3]  # the estimate's own uncertainty grows...
+    assert floored[0] <= floored[1] <= floored[2] < floored[3]  # ...and the published one never shrinks
+    assert np.all(np.diag(covariance(*args)) >= [1e-4] * 3 + [np.radians(1) ** 2] * 3)  # floored, never 0

@@ -1,12 +1,9 @@
 """The map_builder node: builds from a bag parameter, and from topics recorded live + ~/build."""
 import time
 
-import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage
@@ -16,16 +13,6 @@ from pram_ros.core.bag import BagReader
 from pram_ros.core.map import load_map
 from pram_ros.ros.conversions import T_to_pose, ns_to_time
 from pram_ros.ros.map_builder_node import MapBuilderNode
-
-
-@pytest.fixture
-def ros(domain_id):
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=domain_id)
-    ex = SingleThreadedExecutor(context=ctx)
-    yield ctx, ex
-    ex.shutdown()
-    rclpy.shutdown(context=ctx)
 
 
 def _spin(ex, cond, timeout):

@@ -2,10 +2,7 @@
 import time
 
 import numpy as np
-import pytest
 import rclpy
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from tf2_msgs.msg import TFMessage
@@ -16,16 +13,6 @@ from pram_ros.core.images import decode_image
 from pram_ros.core.synthetic import DEMO_CAMERA, MAP_LIGHT, T_BASE_CAMERA, Renderer, build_scene
 from pram_ros.core.tf import TfBuffer
 from pram_ros.ros.conversions import image_to_msg, transform_msg
-
-
-@pytest.fixture
-def ros(domain_id):
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=domain_id)
-    ex = SingleThreadedExecutor(context=ctx)
-    yield ctx, ex
-    ex.shutdown()
-    rclpy.shutdown(context=ctx)
 
 
 def _spin_until(ex, cond, timeout=10.0, tick=None):

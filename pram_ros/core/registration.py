@@ -95,7 +95,7 @@ def check(est: PoseEstimate, uv: np.ndarray, camera: Camera, conf: RegistrationC
 
 
 def covariance(T_map_camera: np.ndarray, uv: np.ndarray, xyz: np.ndarray, camera: Camera,
-               T_camera_body: np.ndarray | None = None) -> np.ndarray:
+               T_camera_body: np.ndarray | None = None, floor: bool = True) -> np.ndarray:
     """6x6 covariance of the body pose in the map frame, over (x, y, z, rot x, rot y, rot z).
 
     Gauss-Newton on the inliers: sigma^2 (J^T J)^-1 with sigma^2 from the residuals, the
@@ -123,7 +123,9 @@ def covariance(T_map_camera: np.ndarray, uv: np.ndarray, xyz: np.ndarray, camera
     except np.linalg.LinAlgError:
         cov = np.diag([1e6] * 6)
     cov = 0.5 * (cov + cov.T)
-    floor = np.array([MIN_POSITION_VAR] * 3 + [MIN_ROTATION_VAR] * 3)
+    if not floor:
+        return cov
+    least = np.array([MIN_POSITION_VAR] * 3 + [MIN_ROTATION_VAR] * 3)
     d = np.diag(cov)
-    scale = np.sqrt(np.maximum(d, floor) / np.maximum(d, 1e-30))
+    scale = np.sqrt(np.maximum(d, least) / np.maximum(d, 1e-30))
     return cov * np.outer(scale, scale)

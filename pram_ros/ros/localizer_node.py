@@ -29,6 +29,7 @@ from ..core.localizer import Localizer, LocalizerConfig
 from ..core.map import MapError
 from ..core.registration import RegistrationConfig
 from ..core.tf import TfBuffer, TfError
+from . import run_node
 from .conversions import image_to_msg, ns_to_time, pose_msgs, pose_to_T, time_to_ns, transform_msg, transform_to_T
 
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
@@ -50,6 +51,8 @@ PARAMETERS: dict[str, tuple] = {
     "ransac_thresh_px": (8.0, "PnP RANSAC threshold [px]", (0.5, 100.0)),
     "min_inliers": (30, "inliers needed to accept a pose", (6, 10000)),
     "image_transport": ("raw", "raw | compressed", ("raw", "compressed")),
+    "image_reliability": ("best_effort", "image QoS: best_effort (sensor data) | reliable (lossless replays)",
+                          ("best_effort", "reliable")),
     "require_extrinsic": (True, "wait for base_frame -> camera on /tf_static (else the camera is the body)", None),
     "camera_extrinsic": ([0.0], "static base_frame -> camera [x y z qx qy qz qw]; [0.0]: from /tf_static", None),
     "stale_fix_s": (5.0, "diagnostics warn when the last fix is older than this [s]", (0.1, 3600.0)),
@@ -180,11 +183,12 @@ class LocalizerNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        qos = qos_profile_sensor_data if self.p("image_reliability") == "best_effort" else \
+            QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
         if self.p("image_transport") == "compressed":
-            self._subs.append(self.create_subscription(CompressedImage, "image/compressed", self._on_image,
-                                                       qos_profile_sensor_data))
+            self._subs.append(self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos))
         else:
-            self._subs.append(self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data))
+            self._subs.append(self.create_subscription(Image, "image", self._on_image, qos))
         self._timers.append(self.create_timer(1.0 / self.p("tf_publish_rate"), self._resend_tf))
         self.active = True
         return super().on_activate(state)
@@ -457,16 +461,7 @@ def debug_image(image: np.ndarray, res) -> np.ndarray:
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = LocalizerNode()
-    try:
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.on_shutdown(None)
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(LocalizerNode, args, on_exit=lambda n: n.on_shutdown(None))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
@@ -25,6 +24,7 @@ from ..core.bag import (COMPRESSED_T, IMAGE_T, INFO_T, POSE_T, TF_T, BagTopics, 
 from ..core.build import BuildConfig, build_map
 from ..core.features import FeatureConfig
 from ..core.recognition import TrainConfig
+from . import run_node
 from .conversions import time_to_ns
 
 LATCHED = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
@@ -148,15 +148,7 @@ class MapBuilderNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = MapBuilderNode()
-    try:
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(MapBuilderNode, args)
 
 
 if __name__ == "__main__":
