@@ -128,4 +128,6 @@ def covariance(T_map_camera: np.ndarray, uv: np.ndarray, xyz: np.ndarray, camera
     least = np.array([MIN_POSITION_VAR] * 3 + [MIN_ROTATION_VAR] * 3)
     d = np.diag(cov)
     scale = np.sqrt(np.maximum(d, least) / np.maximum(d, 1e-30))
-    return cov * np.outer(scale, scale)
+    cov = cov * np.outer(scale, scale)
+    np.fill_diagonal(cov, np.maximum(np.diag(cov), least))  # exact, despite rounding in the scaling
+    return cov

@@ -226,8 +226,11 @@ class LocalizerNode(LifecycleNode):
     # -- inputs -------------------------------------------------------------------------------
 
     def _on_tf(self, msg: TFMessage, static: bool) -> None:
+        own = self.p("map_frame")
         with self.tf_lock:
             for tr in msg.transforms:
+                if tr.header.frame_id.lstrip("/") == own:
+                    continue  # our own map -> odom/base_link: feeding it back would re-parent the tree
                 try:
                     self.tf.set_transform(tr.header.frame_id, tr.child_frame_id, time_to_ns(tr.header.stamp),
                                           transform_to_T(tr.transform), static)
@@ -360,12 +363,9 @@ class LocalizerNode(LifecycleNode):
         """map -> odom from odometry at the image stamp (REP-105), else map -> base."""
         odom = self.p("odom_frame")
         if self.p("tf_mode") == "map_odom" and base == self.p("base_frame"):
-            with self.tf_lock:
-                try:
-                    T_odom_base = self.tf.lookup(odom, base, stamp)
-                except TfError as exc:
-                    T_odom_base = None
-                    self.stats.last["tf"] = f"no odometry at the image stamp ({exc}): publishing {base}"
+            T_odom_base = self._odometry_at(odom, base, stamp)
+            if T_odom_base is None:
+                self.stats.last["tf"] = f"no {odom} -> {base} at the image stamp: publishing {base}"
             if T_odom_base is not None:
                 self._latest_map_tf = (odom, T_map_base @ invert(T_odom_base))
                 self.stats.last["tf"] = f"{self.p('map_frame')} -> {odom}"
@@ -373,6 +373,19 @@ class LocalizerNode(LifecycleNode):
                 return
         self._latest_map_tf = (base, T_map_base)
         self._resend_tf(stamp)
+
+    def _odometry_at(self, odom: str, base: str, stamp: int, wait_s: float = 0.25) -> np.ndarray | None:
+        """T_odom_base at the image stamp, waiting briefly for odometry that lags the image."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            with self.tf_lock:
+                try:
+                    return self.tf.lookup(odom, base, stamp)
+                except TfError:
+                    latest = self.tf.latest_stamp(base)
+            if latest is None or latest >= stamp or time.monotonic() > deadline:
+                return None
+            time.sleep(0.01)
 
     def _resend_tf(self, stamp: int | None = None) -> None:
         if not self.active or self._latest_map_tf is None or not self.p("publish_tf"):
