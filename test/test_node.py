@@ -7,6 +7,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.context import Context
+from rclpy.exceptions import InvalidParameterValueException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -210,3 +211,23 @@ def test_replay_matches_ground_truth_and_map_odom_recovers_base(demo_map, demo_f
     assert (tmp_path / "recorded" / "metadata.yaml").exists()
     meta = (tmp_path / "recorded" / "metadata.yaml").read_text()
     assert "/pose" in meta and "/tf" in meta and "/diagnostics" in meta
+
+
+def test_absurd_parameters_are_refused(domain_id):
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=domain_id)
+    try:
+        with pytest.raises((ValueError, InvalidParameterValueException), match="tf_publish_rate"):
+            LocalizerNode(context=ctx, parameter_overrides=[Parameter("tf_publish_rate", value=-5.0)])
+    finally:
+        rclpy.shutdown(context=ctx)
+    h = Harness(domain_id, {})
+    try:
+        bad = h.node.set_parameters([Parameter("min_inliers", value=2), Parameter("tf_mode", value="sideways"),
+                                     Parameter("camera_extrinsic", value=[1.0, 2.0])])
+        assert not any(r.successful for r in bad)
+        assert "min_inliers" in bad[0].reason and "not one of" in bad[1].reason and "7 numbers" in bad[2].reason
+        assert h.node.p("min_inliers") == 30 and h.node.p("tf_mode") == "map_odom"
+        assert h.node.set_parameters([Parameter("min_inliers", value=40)])[0].successful
+    finally:
+        h.close()
