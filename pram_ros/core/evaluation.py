@@ -124,16 +124,15 @@ def plot_report(path: Path, rows: list[FrameRow], title: str) -> None:
     gt = np.array([np.array(r.T_map_camera_gt)[:3, 3] for r in rows if r.T_map_camera_gt is not None])
     est = np.array([np.array(r.T_map_camera)[:3, 3] for r in rows if r.localized])
     fig, (a, b) = plt.subplots(2, 1, figsize=(8, 9), dpi=100, gridspec_kw={"height_ratios": [2, 1]})
-    # view from above in the plane the cameras move in
-    basis = np.eye(3)[:2]
-    if len(gt) >= 3:
-        _, _, vt = np.linalg.svd(gt - gt.mean(0))
-        basis = vt[:2]
+    from .landmarks import ground_plane_coords
+
+    # view from above, in the plane the cameras move in (the map's x-y when it is z-up)
+    ref = gt if len(gt) >= 3 else est
     if len(gt):
-        g = gt @ basis.T
+        g = ground_plane_coords(gt, ref)
         a.plot(g[:, 0], g[:, 1], "-", c="0.6", lw=1, label="ground truth")
     if len(est):
-        e = est @ basis.T
+        e = ground_plane_coords(est, ref)
         a.scatter(e[:, 0], e[:, 1], s=8, c="tab:blue", label="estimated", zorder=3)
     a.set_aspect("equal")
     a.legend()
