@@ -3,7 +3,6 @@ import json
 
 import cv2
 import numpy as np
-import pytest
 
 from pram_ros.core.bag import BagReader
 from pram_ros.core.fox import NERF_TO_OPTICAL, load_fox

@@ -9,7 +9,7 @@ from pram_ros.core.bag import BagReader, BagWriter
 from pram_ros.core.build import BuildConfig, build_map
 from pram_ros.core.geometry import invert
 from pram_ros.core.landmarks import ground_plane_coords
-from pram_ros.core.localizer import Localizer, LocalizerConfig
+from pram_ros.core.localizer import Localizer
 from pram_ros.core.map import MapError, load_map, save_map
 from pram_ros.core.recognition import TrainConfig
 from pram_ros.core.features import FeatureConfig

@@ -13,7 +13,6 @@ from typing import Any, Callable
 
 import cv2
 import numpy as np
-import torch
 
 from .bag import BagReader, BagTopics, Frame
 from .camera import Camera

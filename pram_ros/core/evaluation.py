@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .geometry import invert, pose_from_T, rotation_error_deg
+from .geometry import pose_from_T, rotation_error_deg
 
 THRESHOLDS = {"0.25m_2deg": (0.25, 2.0), "0.5m_5deg": (0.5, 5.0), "5m_10deg": (5.0, 10.0), "0.05m_5deg": (0.05, 5.0)}
 
