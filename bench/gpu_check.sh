@@ -10,4 +10,5 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-python3 bench/gpu_check.py "$@"
+# On the device machine, $OUT comes back: keep the whole log there too.
+python3 bench/gpu_check.py "$@" 2>&1 | tee "${OUT:-/tmp}/gpu_check.log"

@@ -28,6 +28,7 @@ class FeatureConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     weights: str = ""  # superpoint only: path of a MagicLeap-format state dict
     detection_threshold: float = 0.0  # 0 = the extractor's default
+    half: bool = False  # fp16 autocast on CUDA (ignored on the CPU); bench/gpu_check.py measures its effect
 
     def __post_init__(self) -> None:
         if self.name not in EXTRACTORS:
@@ -93,7 +94,8 @@ class Extractor:
         if self.conf.resize_max and max(h, w) != self.conf.resize_max:
             s = self.conf.resize_max / max(h, w)
             gray = cv2.resize(gray, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
-        kpts, desc, scores = self._detect(gray)
+        with torch.autocast("cuda", torch.float16, enabled=self.conf.half and self.device.type == "cuda"):
+            kpts, desc, scores = self._detect(gray)
         if s != 1.0:
             sx, sy = w / gray.shape[1], h / gray.shape[0]
             kpts = (kpts + 0.5) * torch.tensor([sx, sy], device=kpts.device) - 0.5

@@ -29,6 +29,7 @@ from .registration import PoseEstimate, RegistrationConfig, check, covariance, e
 from .matching import MatchConfig, mutual_nn, mutual_within_radius
 
 log = logging.getLogger(__name__)
+CUDA_ERRORS = (torch.cuda.OutOfMemoryError, torch.AcceleratorError)
 METHODS = ("pram", "exhaustive")
 
 
@@ -36,6 +37,7 @@ METHODS = ("pram", "exhaustive")
 class LocalizerConfig:
     method: str = "pram"
     device: str = "auto"
+    half: bool = False  # fp16 autocast for the networks on CUDA
     match: MatchConfig = MatchConfig(ratio=0.9, min_similarity=0.5)
     registration: RegistrationConfig = RegistrationConfig()
     no_landmark_prob: float = 0.95  # drop keypoints this sure to be background...
@@ -97,13 +99,10 @@ class Localizer:
         if feat.identity() != m.features:
             raise MapError(f"features mismatch: the map was built with {m.features}, the localizer is set to "
                            f"{feat.identity()}; rebuild the map or change the feature settings")
-        self.map, self.conf = m, conf
-        self.extractor = make_extractor(replace(feat, device=conf.device))
-        self.device = self.extractor.device
-        self.recognizer = Recognizer(RecognizerConfig(**m.recognizer_config)).to(self.device).eval()
-        self.recognizer.load_state_dict(m.recognizer_state)
+        self.map, self.conf, self.feature_conf = m, conf, feat
+        self.device_warning = ""  # set when a CUDA error moved the networks to the CPU
+        self._place_networks(conf.device)
         self.points = m.points.astype(np.float64)
-        self.point_desc = torch.from_numpy(m.descriptors.astype(np.float32)).to(self.device)
         k = m.num_landmarks
         self.vrfs_of = [np.flatnonzero(m.vrf_landmark == lm) for lm in range(k + 1)]
         self.landmark_points = [np.unique(np.concatenate([m.vrf_point_ids(v) for v in vs])) if len(vs) else
@@ -111,9 +110,17 @@ class Localizer:
         self.all_points = np.arange(len(self.points))
         self.last_T_camera_map: np.ndarray | None = None
         self.prior_T_map_camera: np.ndarray | None = None
+
+    def _place_networks(self, device: str) -> None:
+        """Build the extractor and recognizer, and put the map's descriptors, on `device`."""
+        m = self.map
+        self.extractor = make_extractor(replace(self.feature_conf, device=device, half=self.conf.half))
+        self.device = self.extractor.device
+        self.recognizer = Recognizer(RecognizerConfig(**m.recognizer_config)).to(self.device).eval()
+        self.recognizer.load_state_dict(m.recognizer_state)
+        self.point_desc = torch.from_numpy(m.descriptors.astype(np.float32)).to(self.device)
         if m.baseline is not None:
-            b = m.baseline
-            self.base_desc = torch.from_numpy(b.descriptors.astype(np.float32)).to(self.device)
+            self.base_desc = torch.from_numpy(m.baseline.descriptors.astype(np.float32)).to(self.device)
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -136,7 +143,22 @@ class Localizer:
 
     def localize(self, image: np.ndarray, camera: Camera, use_tracking: bool | None = None,
                  T_camera_body: np.ndarray | None = None) -> LocalizationResult:
-        """Pose of the camera for one image (decoded BGR or mono), or an explicit failure."""
+        """Pose of the camera for one image (decoded BGR or mono), or an explicit failure.
+
+        A CUDA error (out of memory, a failed kernel) moves the networks to the CPU for good, with a
+        warning in the log and in `device_warning`, and the image is tried again there."""
+        try:
+            return self._localize(image, camera, use_tracking, T_camera_body)
+        except CUDA_ERRORS as exc:
+            self.device_warning = f"{type(exc).__name__} on {self.device}: running on the CPU from now on ({exc})"
+            log.warning(self.device_warning)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self._place_networks("cpu")
+            return self._localize(image, camera, use_tracking, T_camera_body)
+
+    def _localize(self, image: np.ndarray, camera: Camera, use_tracking: bool | None,
+                  T_camera_body: np.ndarray | None) -> LocalizationResult:
         times: dict[str, float] = {}
         with self._timer(times, "features"):
             feats = self.extractor(image)
@@ -185,7 +207,9 @@ class Localizer:
         if len(feats) == 0:
             return torch.zeros((0, self.map.num_landmarks + 1), device=self.device)
         kpn = normalize_keypoints(feats.keypoints, feats.image_size)
-        return self.recognizer(feats.descriptors[None], kpn[None])[0].softmax(-1)
+        with torch.autocast("cuda", torch.float16, enabled=self.conf.half and self.device.type == "cuda"):
+            logits = self.recognizer(feats.descriptors[None], kpn[None])[0]
+        return logits.float().softmax(-1)
 
     def rank_landmarks(self, probs: torch.Tensor) -> tuple[np.ndarray, list[int], np.ndarray]:
         """(kept keypoint indices, landmarks by votes, top-2 labels per keypoint)."""
