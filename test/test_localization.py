@@ -85,3 +85,31 @@ def test_covariance_grows_as_inliers_shrink(demo_map, demo_query_frames):
     assert traces[0] < traces[1] < traces[2] < traces[3]  # the estimate's own uncertainty grows...
     assert floored[0] <= floored[1] <= floored[2] < floored[3]  # ...and the published one never shrinks
     assert np.all(np.diag(covariance(*args)) >= [1e-4] * 3 + [np.radians(1) ** 2] * 3)  # floored, never 0
+
+
+def test_cuda_error_falls_back_to_the_cpu_with_a_warning(demo_map, demo_query_frames, caplog):
+    """An out-of-memory error in a network (injected: this machine has no GPU) moves the localizer to
+    the CPU and the frame is still localized; bench/gpu_check.py does the same on a real GPU."""
+    import torch
+
+    loc = Localizer(demo_map.out, LocalizerConfig(tracking=False, device="cpu"))
+    broken = loc.extractor
+
+    def oom(image):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+    loc.extractor = oom
+    f = demo_query_frames[40]
+    with caplog.at_level("WARNING"):
+        res = loc.localize(f.image, f.camera)
+    assert res.success and loc.device.type == "cpu" and loc.extractor is not oom
+    assert "OutOfMemoryError" in loc.device_warning and "CPU" in caplog.text
+    assert loc.extractor.conf == broken.conf
+
+
+def test_fp16_is_ignored_on_the_cpu(demo_query_frames):
+    from pram_ros.core.features import FeatureConfig, make_extractor
+
+    img = demo_query_frames[0].image
+    a = make_extractor(FeatureConfig(device="cpu"))(img)
+    b = make_extractor(FeatureConfig(device="cpu", half=True))(img)
+    assert len(a) > 100 and np.array_equal(a.numpy()[0], b.numpy()[0])

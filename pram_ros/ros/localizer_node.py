@@ -38,6 +38,7 @@ LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, relia
 PARAMETERS: dict[str, tuple] = {
     "map_path": ("", "map directory built by pram-ros build-map", None),
     "device": ("auto", "auto | cpu | cuda | cuda:N", None),
+    "fp16": (False, "fp16 autocast for the networks on CUDA (no effect on the CPU)", None),
     "map_frame": ("map", "global frame of the map", None),
     "odom_frame": ("odom", "odometry frame (REP-105)", None),
     "base_frame": ("base_link", "robot body frame", None),
@@ -162,7 +163,7 @@ class LocalizerNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         path = self.p("map_path")
-        conf = LocalizerConfig(device=self.p("device"), tracking=self.p("use_tracking"),
+        conf = LocalizerConfig(device=self.p("device"), half=self.p("fp16"), tracking=self.p("use_tracking"),
                                registration=RegistrationConfig(self.p("ransac_thresh_px"), self.p("min_inliers")))
         try:
             if not path:
@@ -414,6 +415,8 @@ class LocalizerNode(LifecycleNode):
                 level, message = DiagnosticStatus.WARN, "inactive"
             elif since > self.p("stale_fix_s"):
                 level, message = DiagnosticStatus.WARN, f"stale fix: last {since:.1f} s ago"
+            elif self.loc.device_warning:
+                level, message = DiagnosticStatus.WARN, "localizing on the CPU after a CUDA error"
             else:
                 level, message = DiagnosticStatus.OK, "localized"
         values = {"localized": str(s.last.get("mode", "lost") != "lost"), "mode": s.last.get("mode", "none"),
@@ -422,7 +425,9 @@ class LocalizerNode(LifecycleNode):
                   "latency_ms": f"{s.last.get('latency_ms', 0):.1f}", "time_since_fix_s": f"{since:.2f}",
                   "frames_received": s.received, "frames_dropped": s.dropped, "frames_processed": s.processed,
                   "frames_localized": s.localized, "errors": s.errors, "last_error": s.last_error,
-                  "tf": s.last.get("tf", ""), "reason": s.last.get("reason", "")}
+                  "tf": s.last.get("tf", ""), "reason": s.last.get("reason", ""),
+                  "device": str(self.loc.device) if self.loc else "", "device_warning":
+                      self.loc.device_warning if self.loc else ""}
         st = DiagnosticStatus(level=level, name=f"{self.get_name()}: pram localizer", message=message,
                               hardware_id="camera")
         st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
