@@ -78,6 +78,15 @@ def demo_full(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def demo_query_frames(demo_full) -> list:
+    """Every frame of the full demo query run (images, cameras, ground truth, odometry)."""
+    from pram_ros.core.bag import BagReader
+
+    with BagReader(demo_full["query"]) as r:
+        return list(r.frames())
+
+
+@pytest.fixture(scope="session")
 def demo_map(demo_full, tmp_path_factory):
     """The demo map with the default build settings (BuildSummary)."""
     from pram_ros.core.build import build_map

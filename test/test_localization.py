@@ -1,17 +1,10 @@
 """Localization core: accuracy floors on the demo and fox bags, honest failure, tracking, covariance."""
 import numpy as np
-import pytest
 
 from pram_ros.core.bag import BagReader
 from pram_ros.core.evaluation import errors, evaluate
 from pram_ros.core.localizer import Localizer, LocalizerConfig
 from pram_ros.core.registration import covariance
-
-
-@pytest.fixture(scope="module")
-def demo_query_frames(demo_full):
-    with BagReader(demo_full["query"]) as r:
-        return list(r.frames())
 
 
 def test_demo_query_recall_floor(demo_map, demo_full, tmp_path):
@@ -45,12 +38,19 @@ def test_exhaustive_baseline_localizes_with_the_same_features(demo_map, demo_que
 
 
 def test_images_of_another_place_are_rejected(demo_map, fox_map, fox_bags, demo_query_frames):
+    """Honest failure: at least 99% of the images of another place get no pose (all of them here)."""
     demo_loc = Localizer(demo_map.out, LocalizerConfig(tracking=False))
-    with BagReader(fox_bags["map"]) as r:
-        fox_frames = list(r.frames())
-    assert not any(demo_loc.localize(f.image, f.camera).success for f in fox_frames)
+    fox_frames = []
+    for bag in fox_bags.values():
+        with BagReader(bag) as r:
+            fox_frames += list(r.frames())
+    false_demo = sum(demo_loc.localize(f.image, f.camera).success for f in fox_frames)
     fox_loc = Localizer(fox_map.out, LocalizerConfig(tracking=False))
-    assert not any(fox_loc.localize(f.image, f.camera).success for f in demo_query_frames[::3])
+    false_fox = sum(fox_loc.localize(f.image, f.camera).success for f in demo_query_frames)
+    n = len(fox_frames) + len(demo_query_frames)
+    print(f"\nforeign places: {false_demo}/{len(fox_frames)} fox images posed on the demo map, "
+          f"{false_fox}/{len(demo_query_frames)} demo images posed on the fox map")
+    assert n > 150 and false_demo + false_fox <= 0.01 * n
 
 
 def test_tracking_relocalizes_after_black_frames(demo_map, demo_query_frames):

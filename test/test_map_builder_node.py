@@ -11,7 +11,7 @@ from std_srvs.srv import Trigger
 
 from pram_ros.core.bag import BagReader
 from pram_ros.core.map import load_map
-from pram_ros.ros.conversions import T_to_pose, ns_to_time
+from pram_ros.ros.conversions import T_to_pose, camera_info_msg, ns_to_time
 from pram_ros.ros.map_builder_node import MapBuilderNode
 
 
@@ -60,11 +60,7 @@ def test_records_live_and_builds_on_service_call(ros, fox_bags, tmp_path):
 
     for f in frames:
         stamp = ns_to_time(f.stamp_ns)
-        ci = CameraInfo()
-        c = f.camera.camera_info_fields()
-        ci.header.stamp, ci.header.frame_id = stamp, f.camera_frame
-        ci.width, ci.height, ci.distortion_model = c["width"], c["height"], c["distortion_model"]
-        ci.d, ci.k, ci.r, ci.p = [list(map(float, c[k])) for k in ("d", "k", "r", "p")]
+        ci = camera_info_msg(f.camera, f.stamp_ns, f.camera_frame)
         msg = CompressedImage(format="jpeg", data=cv2.imencode(".jpg", f.image)[1].tobytes())
         msg.header.stamp, msg.header.frame_id = stamp, f.camera_frame
         ps = PoseStamped()

@@ -20,7 +20,7 @@ from .features import Extractor, FeatureConfig, make_extractor, resolve_device
 from .geometry import invert, rotation_error_deg
 from .landmarks import (LandmarkConfig, Observations, choose_k, cluster, greedy_vrfs, medoid_descriptors,
                         vrf_points)
-from .map import Baseline, PramMap, save_map
+from .map import Baseline, PramMap, recover_interrupted, save_map
 from .recognition import RecognizerConfig, Sample, TrainConfig, train
 from .sfm import SfmConfig, SfmInput, SfmResult, run_sfm
 
@@ -269,6 +269,7 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
     """
     times: dict[str, float] = {}
     warnings: list[str] = []
+    recover_interrupted(out)  # a build killed before: its half-written output goes, a moved-aside map returns
     t = time.monotonic()
 
     def lap(name: str) -> None:

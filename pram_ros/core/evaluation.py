@@ -6,6 +6,7 @@ errors. Recall counts failures as misses.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -100,10 +101,18 @@ def align_rows(rows: list[FrameRow]) -> None:
                 r.translation_error_m, r.rotation_error_deg = errors(T, np.array(r.T_map_camera_gt))
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a file so that readers see the old content or the new, never a part."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=1))
 
 
 def write_tum(path: Path, rows: list[tuple[int, np.ndarray]]) -> None:
@@ -112,7 +121,7 @@ def write_tum(path: Path, rows: list[tuple[int, np.ndarray]]) -> None:
     for ns, T in rows:
         p, q = pose_from_T(T)
         lines.append(f"{ns * 1e-9:.9f} " + " ".join(f"{v:.9f}" for v in (*p, *q)))
-    path.write_text("\n".join(lines) + "\n")
+    write_atomic(path, "\n".join(lines) + "\n")
 
 
 def plot_report(path: Path, rows: list[FrameRow], title: str) -> None:
@@ -148,8 +157,10 @@ def plot_report(path: Path, rows: list[FrameRow], title: str) -> None:
     b.set_xlabel("frame (red: not localized)")
     b.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    write_atomic(path, buf.getvalue())
 
 
 def evaluate(localizer, bag: str | Path, out_dir: str | Path, tracking: bool = False, topics=None,

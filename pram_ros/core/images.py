@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import io
+import warnings
+
 import cv2
 import numpy as np
+from PIL import Image as PILImage
 
 # encoding -> (channels, dtype)
 ENCODINGS: dict[str, tuple[int, np.dtype]] = {
@@ -66,12 +70,28 @@ def decode_compressed(msg: Any) -> np.ndarray:
     data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
     if data.size == 0:
         raise ImageError("empty compressed image")
+    w, h = _header_size(bytes(msg.data))
+    if w * h > MAX_PIXELS:  # a decompression bomb: refuse before decoding allocates it
+        raise ImageError(f"compressed image claims {w}x{h}, over {MAX_PIXELS} pixels")
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise ImageError(f"corrupt {fmt} data ({data.size} bytes)")
     if img.ndim == 3 and img.shape[2] == 4:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
     return img
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG or PNG header, without decoding the pixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)  # MAX_PIXELS decides
+            with PILImage.open(io.BytesIO(data)) as im:
+                return im.size
+    except PILImage.DecompressionBombError as exc:
+        raise ImageError(f"compressed image too large: {exc}") from exc
+    except (OSError, ValueError, SyntaxError) as exc:  # what Pillow raises on unreadable headers
+        raise ImageError(f"corrupt jpeg/png data: unreadable header ({len(data)} bytes)") from exc
 
 
 def encode_image(img: np.ndarray, encoding: str) -> dict[str, Any]:

@@ -130,8 +130,8 @@ class Localizer:
         self.prior_T_map_camera = None
 
     def set_prior(self, T_map_camera: np.ndarray | None) -> None:
-        """An external initial pose (e.g. /initialpose): tried by tracking, and restricts recognition
-        to landmarks visible from it; cleared once used."""
+        """An external initial pose (e.g. /initialpose) for the next frame only: tracking starts from
+        it, and recognition is restricted to the landmarks visible from it."""
         self.prior_T_map_camera = T_map_camera
         self.last_T_camera_map = None
 
@@ -179,10 +179,10 @@ class Localizer:
                 res = self._recognize_and_register(feats, kp, camera, times)
         res.num_keypoints = len(kp)
         res.keypoints = kp
+        self.prior_T_map_camera = None  # a prior is used for one frame: a wrong one cannot hold the node
         if res.success:
             res.covariance = covariance(res.T_map_camera, res.inlier_uv, res.inlier_xyz, camera, T_camera_body)
             self.last_T_camera_map = res.T_camera_map
-            self.prior_T_map_camera = None
         else:
             self.last_T_camera_map = None
         times["total"] = sum(times.values())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ MAP_ARRAYS = {"points": np.float32, "labels": np.int32, "descriptors": np.float1
 class MapError(ValueError):
     """A map directory that is missing, damaged, foreign, of another version, or inconsistent."""
 
+
+log = logging.getLogger(__name__)
 
 @dataclass
 class Baseline:
@@ -120,6 +123,36 @@ def replace_dir_atomically(tmp: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted(out: str | Path) -> list[str]:
+    """Tidy what a killed writer of `out` left behind (returns what was done): half-written
+    `.out.tmp-PID` directories are deleted; a previous map moved aside as `.out.old-PID` is put
+    back when no `out` replaced it, else deleted. Writers still alive are left alone."""
+    out, done = Path(out), []
+    for p in sorted(out.parent.glob(f".{out.name}.*-*")):
+        kind, _, pid = p.name[len(out.name) + 2:].partition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        if kind == "old" and not out.exists():
+            os.rename(p, out)
+            done.append(f"restored the previous map from {p.name}")
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"removed {p.name}, left by an interrupted write")
+    for d in done:
+        log.warning("%s: %s", out, d)
+    return done
+
+
 def save_map(m: PramMap, out: str | Path, extra_files: dict[str, bytes] | None = None) -> Path:
     """Write the map directory atomically; returns its path."""
     from safetensors.torch import save
@@ -127,6 +160,7 @@ def save_map(m: PramMap, out: str | Path, extra_files: dict[str, bytes] | None =
     m.check()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -181,6 +215,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
             raise MapError(f"{mf} names a file outside its directory: {name!r}")
         p = path / name
+        if p.is_symlink():
+            raise MapError(f"{path}: {name} is a symbolic link; a map holds its own files")
         if not p.is_file():
             raise MapError(f"{path} is damaged: {name} is missing")
         if not isinstance(meta, dict) or _sha256(p) != meta.get("sha256"):
@@ -207,6 +243,17 @@ def _npz(path: Path, expected: dict[str, Any] | None = None) -> dict[str, np.nda
     return data
 
 
+def _check_recognizer(m: PramMap, path: Path) -> None:
+    """The weights must fit the recognizer the manifest describes (names and shapes)."""
+    from .recognition import Recognizer, RecognizerConfig
+
+    try:
+        Recognizer(RecognizerConfig(**m.recognizer_config)).load_state_dict(m.recognizer_state)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise MapError(f"{path}: recognizer weights do not fit the recognizer in the manifest: "
+                       f"{str(exc).splitlines()[0]}") from exc
+
+
 def load_map(path: str | Path, with_baseline: bool = False) -> PramMap:
     """Load and verify a map directory (MapError with the reason when it cannot be used)."""
     from safetensors import SafetensorError
@@ -228,6 +275,7 @@ def load_map(path: str | Path, with_baseline: bool = False) -> PramMap:
     except (KeyError, TypeError, ValueError) as exc:
         raise MapError(f"{path}/manifest.json is malformed: {exc}") from exc
     m.check()
+    _check_recognizer(m, path)
     if with_baseline:
         if "baseline.npz" not in manifest["files"]:
             raise MapError(f"{path} has no baseline.npz (the exhaustive baseline needs it; rebuild with it)")

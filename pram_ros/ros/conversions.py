@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, PoseStamped, PoseWithCovarianceStamped, TransformStamped
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 
+from ..core.camera import Camera
 from ..core.bag import pose_to_T, transform_to_T  # noqa: F401  (duck-typed: rclpy messages too)
 from ..core.geometry import pose_from_T
 from ..core.images import encode_image
@@ -27,6 +28,16 @@ def image_to_msg(img: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -
     msg.header.stamp = ns_to_time(stamp_ns)
     msg.header.frame_id = frame_id
     msg.data = f["data"].tobytes()
+    return msg
+
+
+def camera_info_msg(camera: Camera, stamp_ns: int, frame_id: str) -> CameraInfo:
+    """A sensor_msgs/CameraInfo describing `camera`."""
+    f = camera.camera_info_fields()
+    msg = CameraInfo(width=f["width"], height=f["height"], distortion_model=f["distortion_model"])
+    msg.d, msg.k, msg.r, msg.p = [list(map(float, f[k])) for k in ("d", "k", "r", "p")]
+    msg.header.stamp = ns_to_time(stamp_ns)
+    msg.header.frame_id = frame_id
     return msg
 
 

@@ -56,6 +56,7 @@ PARAMETERS: dict[str, tuple] = {
                           ("best_effort", "reliable")),
     "require_extrinsic": (True, "wait for base_frame -> camera on /tf_static (else the camera is the body)", None),
     "camera_extrinsic": ([0.0], "static base_frame -> camera [x y z qx qy qz qw]; [0.0]: from /tf_static", None),
+    "future_stamp_tolerance_s": (5.0, "drop images stamped further ahead of the node clock [s]", (0.0, 3600.0)),
     "stale_fix_s": (5.0, "diagnostics warn when the last fix is older than this [s]", (0.1, 3600.0)),
     "publish_debug_image": (True, "publish debug/image", None),
     "autostart": (False, "configure and activate on start-up, without a lifecycle manager", None),
@@ -69,8 +70,11 @@ class Stats:
     processed: int = 0
     localized: int = 0
     errors: int = 0
+    stamp_rejected: int = 0  # duplicate, out-of-order or far-future image stamps
     last_error: str = ""
+    warning: str = ""  # a lasting degraded state (odometry stopped, CPU fallback); "" when none
     last_fix_ns: int | None = None
+    last_stamp_ns: int | None = None
     last: dict = field(default_factory=dict)
 
 
@@ -145,7 +149,25 @@ class LocalizerNode(LifecycleNode):
 
     def _check_parameters(self, params) -> SetParametersResult:
         problems = self._problems({p.name: p.value for p in params})
+        new_map = next((p.value for p in params if p.name == "map_path" and p.value != self.p("map_path")), None)
+        if not problems and new_map is not None and self.loc is not None:
+            problems = self._reload_map(new_map)
         return SetParametersResult(successful=not problems, reason="; ".join(problems))
+
+    def _reload_map(self, path: str) -> list[str]:
+        """Swap in another map while configured; on failure the old map keeps serving."""
+        try:
+            loc = Localizer(path, self.loc.conf)
+            loc.warm_up(loc.map.cameras[0])
+        except (MapError, ValueError, OSError, RuntimeError) as exc:
+            text = f"map reload failed, still serving {self.p('map_path')}: {exc}"
+            self._error(text)
+            return [text]
+        self.loc = loc
+        self._latest_map_tf = None
+        self.get_logger().info(f"map reloaded: {path}, {loc.map.num_landmarks} landmarks")
+        self.pub_landmarks.publish(self._landmark_markers())
+        return []
 
     def _check_or_raise(self) -> None:
         problems = self._problems({n: self.p(n) for n in PARAMETERS})
@@ -258,7 +280,7 @@ class LocalizerNode(LifecycleNode):
         T_map_base = pose_to_T(msg.pose.pose)
         T_base_cam = self._extrinsic(self.p("camera_frame") or self._last_camera_frame())
         self.loc.set_prior(T_map_base @ (T_base_cam if T_base_cam is not None else np.eye(4)))
-        self.get_logger().info("initial pose received: next frames start from it")
+        self.get_logger().info("initial pose received: the next frame starts from it")
 
     def _srv_relocalize(self, req, resp):
         if self.loc is not None:
@@ -314,9 +336,12 @@ class LocalizerNode(LifecycleNode):
                     return None
 
     def _process(self, msg) -> None:
-        if not self.active or self.loc is None:
+        loc = self.loc  # a map reload swaps self.loc; this frame finishes with the map it started on
+        if not self.active or loc is None:
             return
         stamp = time_to_ns(msg.header.stamp)
+        if not self._stamp_ok(stamp, loc):
+            return
         try:
             image = decode_compressed(msg) if isinstance(msg, CompressedImage) else decode_image(msg)
         except ImageError as exc:
@@ -340,7 +365,8 @@ class LocalizerNode(LifecycleNode):
         body_is_camera = T_base_cam is None
         T_base_cam = np.eye(4) if body_is_camera else T_base_cam
         t0 = time.perf_counter()
-        res = self.loc.localize(image, camera, T_camera_body=invert(T_base_cam))
+        self.stats.last_stamp_ns = stamp
+        res = loc.localize(image, camera, T_camera_body=invert(T_base_cam))
         self.stats.processed += 1
         self.stats.last.update(mode=res.mode if res.success else "lost", keypoints=res.num_keypoints,
                                inliers=res.num_inliers, landmarks=len(res.landmarks),
@@ -360,18 +386,48 @@ class LocalizerNode(LifecycleNode):
         if self.p("publish_tf"):
             self._set_map_tf(T_map_base, base, stamp)
 
+    def _stamp_ok(self, stamp: int, loc: Localizer) -> bool:
+        """Drop duplicate, slightly out-of-order and far-future stamps; a jump back of more than
+        a second (a bag restarted, a clock reset) starts a new track instead."""
+        last, now = self.stats.last_stamp_ns, self.get_clock().now().nanoseconds
+        ahead = (stamp - now) * 1e-9
+        problem = ""
+        if now > 0 and ahead > self.p("future_stamp_tolerance_s"):
+            problem = f"image stamp {ahead:.1f} s ahead of the clock: dropped"
+        elif last is not None and stamp <= last:
+            if last - stamp <= 1_000_000_000:
+                problem = f"image stamp not after the last processed one ({(stamp - last) * 1e-9:+.3f} s): dropped"
+            else:
+                self._error(f"time jumped back {(last - stamp) * 1e-9:.1f} s: track reset", DiagnosticStatus.WARN)
+                loc.reset()
+        if problem:
+            self.stats.stamp_rejected += 1
+            self._error(problem, DiagnosticStatus.WARN)
+        return not problem
+
     def _set_map_tf(self, T_map_base: np.ndarray, base: str, stamp: int) -> None:
-        """map -> odom from odometry at the image stamp (REP-105), else map -> base."""
+        """map -> odom from odometry at the image stamp (REP-105). Without any odometry yet:
+        map -> base. Odometry that stopped: no map transform (base already has a parent)."""
         odom = self.p("odom_frame")
+        self.stats.warning = self.loc.device_warning if self.loc else ""
         if self.p("tf_mode") == "map_odom" and base == self.p("base_frame"):
             T_odom_base = self._odometry_at(odom, base, stamp)
-            if T_odom_base is None:
-                self.stats.last["tf"] = f"no {odom} -> {base} at the image stamp: publishing {base}"
             if T_odom_base is not None:
                 self._latest_map_tf = (odom, T_map_base @ invert(T_odom_base))
                 self.stats.last["tf"] = f"{self.p('map_frame')} -> {odom}"
                 self._resend_tf(stamp)
                 return
+            with self.tf_lock:
+                seen = self.tf.latest_stamp(base)
+            if seen is not None:
+                self._latest_map_tf = None
+                self.stats.last["tf"] = "none"
+                self.stats.warning = (f"odometry stopped ({odom} -> {base} last at {seen * 1e-9:.2f} s, image at "
+                                      f"{stamp * 1e-9:.2f} s): {self.p('map_frame')} -> {odom} not published; "
+                                      f"poses still are")
+                self.get_logger().warning(self.stats.warning, throttle_duration_sec=5.0)
+                return
+            self.stats.last["tf"] = f"no {odom} -> {base} yet: publishing {self.p('map_frame')} -> {base}"
         self._latest_map_tf = (base, T_map_base)
         self._resend_tf(stamp)
 
@@ -415,8 +471,8 @@ class LocalizerNode(LifecycleNode):
                 level, message = DiagnosticStatus.WARN, "inactive"
             elif since > self.p("stale_fix_s"):
                 level, message = DiagnosticStatus.WARN, f"stale fix: last {since:.1f} s ago"
-            elif self.loc.device_warning:
-                level, message = DiagnosticStatus.WARN, "localizing on the CPU after a CUDA error"
+            elif s.warning or self.loc.device_warning:
+                level, message = DiagnosticStatus.WARN, s.warning or self.loc.device_warning
             else:
                 level, message = DiagnosticStatus.OK, "localized"
         values = {"localized": str(s.last.get("mode", "lost") != "lost"), "mode": s.last.get("mode", "none"),
@@ -424,7 +480,7 @@ class LocalizerNode(LifecycleNode):
                   "inliers": s.last.get("inliers", 0), "processing_ms": f"{s.last.get('processing_ms', 0):.1f}",
                   "latency_ms": f"{s.last.get('latency_ms', 0):.1f}", "time_since_fix_s": f"{since:.2f}",
                   "frames_received": s.received, "frames_dropped": s.dropped, "frames_processed": s.processed,
-                  "frames_localized": s.localized, "errors": s.errors, "last_error": s.last_error,
+                  "frames_localized": s.localized, "stamps_rejected": s.stamp_rejected, "errors": s.errors, "last_error": s.last_error,
                   "tf": s.last.get("tf", ""), "reason": s.last.get("reason", ""),
                   "device": str(self.loc.device) if self.loc else "", "device_warning":
                       self.loc.device_warning if self.loc else ""}

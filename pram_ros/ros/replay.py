@@ -149,13 +149,7 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
         for _ in range(20):
             ex.spin_once(timeout_sec=0.05)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        ex.shutdown()
-        rclpy.shutdown(context=ctx)
+        stop(proc, ex, ctx)
 
     with BagWriter(out / "recorded", overwrite=True) as w:
         for topic, msgtype, t, raw in recorded:
@@ -167,6 +161,17 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
     write_tum(out / "groundtruth.tum", [(r.stamp_ns, np.array(r.T_map_camera_gt)) for r in rows if r.T_map_camera_gt])
     plot_report(out / "trajectory.png", rows, f"replay: recall(0.25m,2deg) {report['recall']['0.25m_2deg']:.0%}")
     return report
+
+
+def stop(proc: subprocess.Popen, ex: SingleThreadedExecutor, ctx: Context) -> None:
+    """Stop the node process (SIGINT, then SIGKILL after 10 s) and this process's rclpy context."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    ex.shutdown()
+    rclpy.shutdown(context=ctx)
 
 
 def _values(diags: list[DiagnosticArray]) -> dict[str, str]:

@@ -1,0 +1,128 @@
+"""Writes are atomic: a map build or a map write killed with SIGKILL leaves the previous map intact
+(or, in the instant between two renames, the previous map set aside and put back by the next run),
+never a half-written map that loads; the next run finishes cleanly."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pram_ros.core.bag import BagReader, BagWriter
+from pram_ros.core.build import BuildConfig, build_map
+from pram_ros.core.map import MapError, load_map, recover_interrupted, save_map
+from pram_ros.core.recognition import TrainConfig
+
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def small_bag(demo_bags, tmp_path_factory):
+    """12 images of the demo mapping run: a build takes seconds."""
+    out = tmp_path_factory.mktemp("kill") / "bag"
+    with BagReader(demo_bags["map"]) as r, BagWriter(out) as w:
+        for f in list(r.frames())[:12]:
+            w.write_image(f.stamp_ns, f.image, f.camera, f.camera_frame)
+    return out
+
+
+def _digest(d: Path) -> str:
+    return hashlib.sha256((d / "manifest.json").read_bytes()).hexdigest()
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.glob(f".{out.name}.*"))
+
+
+def _build_cmd(bag: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "pram_ros.cli", "build-map", str(bag), "--out", str(out), "--steps", str(STEPS),
+            "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def first_map(small_bag, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("first") / "map"
+    build_map(small_bag, out, BuildConfig(train=TrainConfig(steps=STEPS)), progress=False)
+    return out
+
+
+def test_build_killed_after_each_stage_keeps_the_previous_map_then_finishes(small_bag, first_map, tmp_path):
+    out = tmp_path / "map"
+    shutil.copytree(first_map, out)
+    before = _digest(out)
+    for stage in ("frames", "features", "landmarks", "training"):
+        proc = subprocess.Popen(_build_cmd(small_bag, out), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if f"stage {stage} done" in line:
+                proc.send_signal(signal.SIGKILL)  # the next stage had begun: kill it mid-way
+                break
+        proc.wait(timeout=120)
+        assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+        # the previous map is there and intact (or set aside, when the kill fell between two renames)
+        recover_interrupted(out)
+        assert _digest(out) == before, stage
+        load_map(out)
+    # the next run cleans up what the killed ones left and finishes
+    done = subprocess.run(_build_cmd(small_bag, out), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _digest(out) != before and _leftovers(out) == []
+    assert len(load_map(out).points) > 100
+
+
+WRITER = """
+import sys, pram_ros
+from pram_ros.core.map import load_map, save_map
+maps, out = [load_map(p) for p in sys.argv[1:3]], sys.argv[3]
+print("ready", flush=True)
+i = 0
+while True:
+    save_map(maps[i % 2], out)
+    i += 1
+"""
+
+
+def test_map_write_killed_at_random_moments_never_leaves_a_half_map(first_map, tmp_path):
+    """A writer saving two maps in turn is killed at random moments: what is there always loads
+    (every file checked against the manifest) and is one of the two, whole."""
+    a, b = first_map, tmp_path / "b"
+    other = load_map(a)
+    other.info = {**other.info, "copy": "b"}
+    save_map(other, b)
+    out = tmp_path / "out"
+    rng = np.random.default_rng(0)
+    outcomes = {"intact": 0, "set_aside": 0}
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(a), str(b), str(out)], stdout=subprocess.PIPE,
+                                text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(float(rng.uniform(0.5, 2.0)))  # several writes per second: land anywhere in one
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        outcomes["intact" if out.exists() else "set_aside"] += 1
+        recover_interrupted(out)
+        m = load_map(out)
+        assert m.info.get("copy") in (None, "b") and np.array_equal(m.points, other.points)
+        assert _leftovers(out) == []
+    print(f"\nkilled map writes: {outcomes}")
+
+
+def test_half_written_directory_does_not_load(first_map, tmp_path):
+    """What a killed writer leaves (a hidden temporary directory) is not a map, and is cleaned up."""
+    out = tmp_path / "m"
+    shutil.copytree(first_map, out)
+    half = out.with_name(f".{out.name}.tmp-999999")
+    half.mkdir()
+    (half / "map.npz").write_bytes((out / "map.npz").read_bytes()[:1000])
+    with pytest.raises(MapError):
+        load_map(half)
+    assert recover_interrupted(out) and not half.exists() and load_map(out)
