@@ -190,13 +190,13 @@ def test_fuzzed_images_and_compressed_images(node, frames):
     print(f"\nimage fuzz ({CASES} Image + {CASES} CompressedImage): {outcomes}")
     assert outcomes.get("accepted", 0) > 10 and outcomes.get("rejected", 0) > 1000
     # The same kind of garbage over DDS, through the node's subscription and worker, then good frames.
-    for k in range(300):
+    for _ in range(100):
         for pub, (msg, _) in ((h.img, mutate_image(rng, base, cam_wh, next_stamp(h))),
                               (h.cimg, mutate_compressed(rng, jpeg, png, next_stamp(h)))):
             n = h.node.stats.received
             pub.publish(msg)
             h.spin(lambda: h.node.stats.received > n, 0.2)
-    assert h.node.stats.received >= 300, h.node.stats  # most of the 600 arrived (best effort)
+    assert h.node.stats.received >= 100, h.node.stats  # most of the 200 arrived (best effort)
     assert h.node._worker.is_alive()
     localized = h.node.stats.localized
     for f in frames[:6]:
