@@ -5,10 +5,9 @@ alike. Decoded images are BGR (H, W, 3) uint8 or mono (H, W) uint8/uint16.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import io
 import warnings
+from typing import Any
 
 import cv2
 import numpy as np
@@ -67,15 +66,15 @@ def decode_compressed(msg: Any) -> np.ndarray:
     fmt = str(msg.format).lower()
     if not any(k in fmt for k in ("jpeg", "jpg", "png")):
         raise ImageError(f"unsupported compressed format {msg.format!r}; expected jpeg or png")
-    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
-    if data.size == 0:
+    raw = bytes(msg.data)
+    if not raw:
         raise ImageError("empty compressed image")
-    w, h = _header_size(bytes(msg.data))
+    w, h = _header_size(raw)
     if w * h > MAX_PIXELS:  # a decompression bomb: refuse before decoding allocates it
         raise ImageError(f"compressed image claims {w}x{h}, over {MAX_PIXELS} pixels")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
-        raise ImageError(f"corrupt {fmt} data ({data.size} bytes)")
+        raise ImageError(f"corrupt {fmt} data ({len(raw)} bytes)")
     if img.ndim == 3 and img.shape[2] == 4:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
     return img

@@ -23,6 +23,8 @@ import numpy as np
 
 from .camera import Camera
 
+log = logging.getLogger(__name__)
+
 FORMAT = "pram_ros.map"
 VERSION = 1
 MAP_ARRAYS = {"points": np.float32, "labels": np.int32, "descriptors": np.float16, "frame_T": np.float64,
@@ -33,8 +35,6 @@ MAP_ARRAYS = {"points": np.float32, "labels": np.int32, "descriptors": np.float1
 class MapError(ValueError):
     """A map directory that is missing, damaged, foreign, of another version, or inconsistent."""
 
-
-log = logging.getLogger(__name__)
 
 @dataclass
 class Baseline:

@@ -34,6 +34,8 @@ from .conversions import image_to_msg, ns_to_time, pose_msgs, pose_to_T, time_to
 
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
 
+MAP_ERRORS = (MapError, ValueError, OSError, RuntimeError)  # what loading a map can raise
+
 # name: (default, description, range (lo, hi) or choices)
 PARAMETERS: dict[str, tuple] = {
     "map_path": ("", "map directory built by pram-ros build-map", None),
@@ -72,7 +74,7 @@ class Stats:
     errors: int = 0
     stamp_rejected: int = 0  # duplicate, out-of-order or far-future image stamps
     last_error: str = ""
-    warning: str = ""  # a lasting degraded state (odometry stopped, CPU fallback); "" when none
+    warning: str = ""  # a lasting degraded state of the TF output (odometry stopped); "" when none
     last_fix_ns: int | None = None
     last_stamp_ns: int | None = None
     last: dict = field(default_factory=dict)
@@ -157,9 +159,8 @@ class LocalizerNode(LifecycleNode):
     def _reload_map(self, path: str) -> list[str]:
         """Swap in another map while configured; on failure the old map keeps serving."""
         try:
-            loc = Localizer(path, self.loc.conf)
-            loc.warm_up(loc.map.cameras[0])
-        except (MapError, ValueError, OSError, RuntimeError) as exc:
+            loc = self._open_map(path, self.loc.conf)
+        except MAP_ERRORS as exc:
             text = f"map reload failed, still serving {self.p('map_path')}: {exc}"
             self._error(text)
             return [text]
@@ -168,6 +169,15 @@ class LocalizerNode(LifecycleNode):
         self.get_logger().info(f"map reloaded: {path}, {loc.map.num_landmarks} landmarks")
         self.pub_landmarks.publish(self._landmark_markers())
         return []
+
+    @staticmethod
+    def _open_map(path: str, conf: LocalizerConfig) -> Localizer:
+        """Load and verify the map and run the networks once, so the first frame is not slow."""
+        if not path:
+            raise MapError("parameter map_path is empty")
+        loc = Localizer(path, conf)
+        loc.warm_up(loc.map.cameras[0])
+        return loc
 
     def _check_or_raise(self) -> None:
         problems = self._problems({n: self.p(n) for n in PARAMETERS})
@@ -188,11 +198,8 @@ class LocalizerNode(LifecycleNode):
         conf = LocalizerConfig(device=self.p("device"), half=self.p("fp16"), tracking=self.p("use_tracking"),
                                registration=RegistrationConfig(self.p("ransac_thresh_px"), self.p("min_inliers")))
         try:
-            if not path:
-                raise MapError("parameter map_path is empty")
-            self.loc = Localizer(path, conf)
-            self.loc.warm_up(self.loc.map.cameras[0])
-        except (MapError, ValueError, OSError, RuntimeError) as exc:
+            self.loc = self._open_map(path, conf)
+        except MAP_ERRORS as exc:
             self.get_logger().error(f"cannot load map {path!r}: {exc}")
             self.stats.last_error = f"map: {exc}"
             self.loc = None
@@ -409,7 +416,7 @@ class LocalizerNode(LifecycleNode):
         """map -> odom from odometry at the image stamp (REP-105). Without any odometry yet:
         map -> base. Odometry that stopped: no map transform (base already has a parent)."""
         odom = self.p("odom_frame")
-        self.stats.warning = self.loc.device_warning if self.loc else ""
+        self.stats.warning = ""
         if self.p("tf_mode") == "map_odom" and base == self.p("base_frame"):
             T_odom_base = self._odometry_at(odom, base, stamp)
             if T_odom_base is not None:
@@ -480,7 +487,8 @@ class LocalizerNode(LifecycleNode):
                   "inliers": s.last.get("inliers", 0), "processing_ms": f"{s.last.get('processing_ms', 0):.1f}",
                   "latency_ms": f"{s.last.get('latency_ms', 0):.1f}", "time_since_fix_s": f"{since:.2f}",
                   "frames_received": s.received, "frames_dropped": s.dropped, "frames_processed": s.processed,
-                  "frames_localized": s.localized, "stamps_rejected": s.stamp_rejected, "errors": s.errors, "last_error": s.last_error,
+                  "frames_localized": s.localized, "stamps_rejected": s.stamp_rejected, "errors": s.errors,
+                  "last_error": s.last_error,
                   "tf": s.last.get("tf", ""), "reason": s.last.get("reason", ""),
                   "device": str(self.loc.device) if self.loc else "", "device_warning":
                       self.loc.device_warning if self.loc else ""}
