@@ -77,7 +77,8 @@ def cmd_build_map(a: argparse.Namespace) -> int:
     _quiet_colmap()
     conf = BuildConfig(
         features=FeatureConfig(a.features, a.max_keypoints, a.resize_max, a.device, a.weights or ""),
-        landmarks=LandmarkConfig(num_landmarks=a.landmarks), train=TrainConfig(steps=a.steps, max_minutes=a.max_minutes),
+        landmarks=LandmarkConfig(num_landmarks=a.landmarks), train=TrainConfig(
+            steps=a.steps, **({} if a.max_minutes is None else {"max_minutes": a.max_minutes})),
         pose_source=a.pose_source, max_images=a.max_images)
     summary = build_map(a.bag, a.out, conf, _topics(a))
     for w in summary.warnings:
@@ -102,7 +103,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_replay(a: argparse.Namespace) -> int:
     from .ros.replay import replay
 
-    report = replay(a.map_dir, a.bag, a.out, rate=a.rate, topics=_topics(a), node_params=a.param or [])
+    report = replay(a.map_dir, a.bag, a.out, rate=a.rate, topics=_topics(a), node_params=a.param or [],
+                    lockstep=a.lockstep)
     print(f"== replay report in {a.out}/report.json (node output recorded in {a.out}/recorded)")
     print_replay(report)
     return 0
@@ -141,8 +143,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
         print(summary.table())
     else:
         print(f"== 2/3 map already built: {map_dir}")
-    print(f"== 3/3 replaying the query bag through the localizer node (rate {a.rate}x, sim time)")
-    report = replay(map_dir, bags["query"], data / "demo_report", rate=a.rate)
+    pace = "lockstep" if a.lockstep else f"rate {a.rate}x"
+    print(f"== 3/3 replaying the query bag through the localizer node ({pace}, sim time)")
+    report = replay(map_dir, bags["query"], data / "demo_report", rate=a.rate, lockstep=a.lockstep)
     print(f"== report: {data}/demo_report/report.json, trajectory plot: {data}/demo_report/trajectory.png")
     print_replay(report)
     return 0
@@ -183,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pose-source", choices=["auto", "ground_truth", "odometry", "none"], default="auto")
     p.add_argument("--landmarks", type=int, default=0, help="number of landmarks K (0: from the map's size)")
     p.add_argument("--steps", type=int, default=400, help="recognizer training steps")
-    p.add_argument("--max-minutes", type=float, default=8.0, help="recognizer training time budget")
+    p.add_argument("--max-minutes", type=float,
+                   help="safety cap on recognizer training time (0: none; default 60); --steps decides the map")
     p.add_argument("--max-images", type=int, default=0, help="use at most N keyframes (0: all)")
     _topic_args(p)
     p.set_defaults(func=cmd_build_map)
@@ -203,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bag")
     p.add_argument("--out", required=True, help="report directory (also gets the recorded output bag)")
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    p.add_argument("--lockstep", action="store_true",
+                   help="publish each image only once the node has answered the previous one (measures "
+                        "accuracy whatever the machine's load; --rate is then ignored)")
     p.add_argument("--param", action="append", help="extra node parameter NAME:=VALUE (repeatable)")
     _topic_args(p)
     p.set_defaults(func=cmd_replay)
@@ -211,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data", help="where bags, map and report go (default: data)")
     p.add_argument("--regenerate", action="store_true", help="render the bags and build the map again")
     p.add_argument("--rate", type=float, default=0.5, help="replay speed factor")
+    p.add_argument("--lockstep", action="store_true", help="replay each image once the node answered the last")
     p.set_defaults(func=cmd_demo)
     return ap
 

@@ -132,27 +132,48 @@ def test_poses_qos_bad_frames_services_and_initialpose(harness, query_frames):
     assert h.node.stats.last["mode"] == "tracking"
 
 
-def test_replay_matches_ground_truth_and_map_odom_recovers_base(demo_map, demo_full, domain_id, tmp_path):
-    report = replay(demo_map.out, demo_full["query"], tmp_path, rate=1.0, domain_id=domain_id, progress=False)
-    assert report["images_published"] > 100
-    assert report["recall"]["0.25m_2deg"] >= 0.85, report["recall"]
-    assert report["dropped_fraction"] < 0.1
-    assert report["latency_ms"]["p50"] < 2000
+@pytest.mark.slow
+def test_lockstep_replay_matches_ground_truth_and_map_odom_recovers_base(demo_map, demo_full, domain_id, tmp_path):
+    """Accuracy through the node, whatever the machine's load: each image waits for the last one's answer."""
+    report = replay(demo_map.out, demo_full["query"], tmp_path, lockstep=True, domain_id=domain_id, progress=False)
+    assert report["images_published"] > 100 and report["lockstep"]
+    assert report["processed_fraction"] == 1.0 and report["last_image_answered"]  # nothing dropped in lockstep
+    assert report["recall"]["0.25m_2deg"] >= 0.9, report["recall"]
     # drifting odometry: map->odom composed with odom->base_link recovers the true map->base_link
     mo = report["map_odom"]
-    assert mo["count"] > 50 and mo["within_0.25m_2deg"] > 0.85
+    assert mo["count"] > 50 and mo["within_0.25m_2deg"] > 0.9
     assert (tmp_path / "recorded" / "metadata.yaml").exists()
     meta = (tmp_path / "recorded" / "metadata.yaml").read_text()
     assert "/pose" in meta and "/tf" in meta and "/diagnostics" in meta
 
 
+@pytest.mark.slow
+def test_real_time_replay_bounds_latency_and_keeps_the_newest_frame(demo_map, demo_full, domain_id, tmp_path):
+    """What real time can promise on any machine: every frame is accounted for, the newest frame is
+    never left behind, latency stays bounded, and a fair share of frames is processed. Not recall:
+    that depends on how fast this machine is (the lockstep test measures it)."""
+    rate = 2.0  # 4 images/s: faster than this machine localizes, so the node must drop frames
+    report = replay(demo_map.out, demo_full["query"], tmp_path, rate=rate, domain_id=domain_id, progress=False)
+    d = report["node_diagnostics"]
+    n = report["images_published"]
+    print(f"\nreal time x{rate}: {report['processed_fraction']:.0%} of {n} frames processed, "
+          f"latency {report['latency_ms']}")
+    assert n > 100 and int(d["frames_received"]) == n  # reliable transport: all arrived
+    assert int(d["frames_processed"]) + int(d["frames_dropped"]) + int(d["stamps_rejected"]) == n
+    assert report["last_image_answered"]  # the newest frame is processed, not dropped
+    assert report["processed_fraction"] >= 0.2
+    lat = report["latency_ms"]
+    assert lat["p50"] < 2000 and lat["max"] < 5000, lat  # a frame waits for at most one other
+
+
+@pytest.mark.slow
 def test_foreign_place_gets_no_pose_through_the_node(demo_map, fox_bags, domain_id, tmp_path):
     """Honest failure: the fox images replayed against the demo map give no pose."""
-    report = replay(demo_map.out, fox_bags["map"], tmp_path, rate=1.0, domain_id=domain_id, progress=False)
+    report = replay(demo_map.out, fox_bags["map"], tmp_path, lockstep=True, domain_id=domain_id, progress=False)
     processed = int(report["node_diagnostics"]["frames_processed"])
     poses = sum(f["localized"] for f in report["frames"])
     print(f"\nforeign place through the node: {poses} poses for {processed} processed frames")
-    assert processed >= 0.9 * report["images_published"] >= 30
+    assert processed == report["images_published"] >= 30
     assert poses <= 0.01 * processed
 
 

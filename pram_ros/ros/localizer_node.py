@@ -73,6 +73,7 @@ class Stats:
     localized: int = 0
     errors: int = 0
     stamp_rejected: int = 0  # duplicate, out-of-order or far-future image stamps
+    answered_stamp_ns: int = 0  # the last frame the worker finished with, whatever the outcome
     last_error: str = ""
     warning: str = ""  # a lasting degraded state of the TF output (odometry stopped); "" when none
     last_fix_ns: int | None = None
@@ -104,6 +105,7 @@ class LocalizerNode(LifecycleNode):
         self._slot: tuple | None = None
         self._cv = threading.Condition()
         self._worker: threading.Thread | None = None
+        self._frame_issue: tuple[bytes, str] | None = None  # what stopped the worker's current frame
         self._stop = False
         self._latest_map_tf: tuple[str, str, np.ndarray] | None = None
         self._subs: list = []
@@ -319,10 +321,19 @@ class LocalizerNode(LifecycleNode):
                 self.stats.dropped += 1
                 continue
             last_t = time.monotonic()
+            self._frame_issue = None
+            posed = False
             try:
-                self._process(msg)
+                posed = self._process(msg)
             except Exception as exc:  # the node must survive anything a frame can do
                 self._error(f"frame failed: {type(exc).__name__}: {exc}")
+            finally:
+                # Every frame gets an answer: its pose, or a diagnostic saying why not (the one
+                # that stopped it, else the usual status with the frame's reason).
+                self.stats.answered_stamp_ns = time_to_ns(msg.header.stamp)
+                issue, self._frame_issue = self._frame_issue, None
+                if issue or not posed:
+                    self._publish_diagnostics(*(issue or (None, "")))
 
     def _last_camera_frame(self) -> str:
         return self.stats.last.get("camera_frame", "")
@@ -342,33 +353,34 @@ class LocalizerNode(LifecycleNode):
                 except TfError:
                     return None
 
-    def _process(self, msg) -> None:
+    def _process(self, msg) -> bool:
+        """Localize one frame and publish its pose; False when no pose came of it."""
         loc = self.loc  # a map reload swaps self.loc; this frame finishes with the map it started on
         if not self.active or loc is None:
-            return
+            return False
         stamp = time_to_ns(msg.header.stamp)
         if not self._stamp_ok(stamp, loc):
-            return
+            return False
         try:
             image = decode_compressed(msg) if isinstance(msg, CompressedImage) else decode_image(msg)
         except ImageError as exc:
             self._error(f"image rejected: {exc}")
-            return
+            return False
         camera = self.camera
         if camera is None:
             self._error("no camera_info received yet: waiting", level=DiagnosticStatus.WARN)
-            return
+            return False
         if image.shape[:2] != (camera.height, camera.width):
             self._error(f"image {image.shape[1]}x{image.shape[0]} does not match camera_info "
                         f"{camera.width}x{camera.height}")
-            return
+            return False
         cam_frame = self.p("camera_frame") or msg.header.frame_id
         self.stats.last["camera_frame"] = cam_frame
         T_base_cam = self._extrinsic(cam_frame)
         if T_base_cam is None and self.p("require_extrinsic"):
             self._error(f"no transform {self.p('base_frame')} -> {cam_frame!r} yet (extrinsic): waiting",
                         level=DiagnosticStatus.WARN)
-            return
+            return False
         body_is_camera = T_base_cam is None
         T_base_cam = np.eye(4) if body_is_camera else T_base_cam
         t0 = time.perf_counter()
@@ -381,7 +393,7 @@ class LocalizerNode(LifecycleNode):
         if self.p("publish_debug_image") and self.pub_debug.get_subscription_count() > 0:
             self.pub_debug.publish(image_to_msg(debug_image(image, res), "bgr8", stamp, cam_frame))
         if not res.success or not self.active:
-            return
+            return False
         T_map_base = res.T_map_camera @ invert(T_base_cam)
         base = cam_frame if body_is_camera else self.p("base_frame")
         pc, ps = pose_msgs(T_map_base, res.covariance, stamp, self.p("map_frame"))
@@ -392,6 +404,7 @@ class LocalizerNode(LifecycleNode):
         self.stats.last["latency_ms"] = (self.get_clock().now().nanoseconds - stamp) * 1e-6
         if self.p("publish_tf"):
             self._set_map_tf(T_map_base, base, stamp)
+        return True
 
     def _stamp_ok(self, stamp: int, loc: Localizer) -> bool:
         """Drop duplicate, slightly out-of-order and far-future stamps; a jump back of more than
@@ -466,7 +479,10 @@ class LocalizerNode(LifecycleNode):
         self.stats.last_error = text
         self.stats.last["error_level"] = level
         self.get_logger().warning(text, throttle_duration_sec=2.0)
-        self._publish_diagnostics(level, text)
+        if threading.current_thread() is self._worker:
+            self._frame_issue = (level, text)  # published once, as the frame's answer
+        else:
+            self._publish_diagnostics(level, text)
 
     def _publish_diagnostics(self, level: bytes | None = None, message: str = "") -> None:
         s, now = self.stats, self.get_clock().now().nanoseconds
@@ -488,6 +504,7 @@ class LocalizerNode(LifecycleNode):
                   "latency_ms": f"{s.last.get('latency_ms', 0):.1f}", "time_since_fix_s": f"{since:.2f}",
                   "frames_received": s.received, "frames_dropped": s.dropped, "frames_processed": s.processed,
                   "frames_localized": s.localized, "stamps_rejected": s.stamp_rejected, "errors": s.errors,
+                  "answered_stamp_ns": s.answered_stamp_ns,
                   "last_error": s.last_error,
                   "tf": s.last.get("tf", ""), "reason": s.last.get("reason", ""),
                   "device": str(self.loc.device) if self.loc else "", "device_warning":

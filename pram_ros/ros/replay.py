@@ -53,8 +53,15 @@ def _node_command(map_dir: Path, image_topic: str, compressed: bool, info_topic:
 
 def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: float = 1.0,
            topics: BagTopics = BagTopics(), domain_id: int | None = None, node_params: list[str] | None = None,
-           ready_timeout: float = 120.0, progress: bool = True) -> dict[str, Any]:
-    """Replay `bag` through a localizer node using `map_dir`; returns the report written to out_dir."""
+           ready_timeout: float = 120.0, progress: bool = True, lockstep: bool = False,
+           answer_timeout: float = 120.0) -> dict[str, Any]:
+    """Replay `bag` through a localizer node using `map_dir`; returns the report written to out_dir.
+
+    At `rate` times real time, the node drops the frames it has no time for, as on a robot: the
+    report measures the node on this machine. With `lockstep`, the next image is published only
+    once the node has answered the previous one (its pose, or a diagnostic saying why not), as
+    fast as the node goes: the report then measures accuracy alone, whatever the machine's load.
+    """
     if not 0.01 <= rate <= 100:
         raise ValueError(f"rate must be in [0.01, 100], got {rate}")
     out = Path(out_dir)
@@ -80,6 +87,7 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
     poses: dict[int, tuple[np.ndarray, float]] = {}
     map_tfs: list[tuple[str, int, np.ndarray]] = []
     diags: list[DiagnosticArray] = []
+    answered = [0]  # the newest image stamp the node has answered
     published_at: dict[int, float] = {}
 
     def rec(topic: str, msgtype: str):
@@ -94,6 +102,7 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
                         map_tfs.append((tr.child_frame_id, time_to_ns(tr.header.stamp), transform_to_T(tr.transform)))
             elif topic == "/diagnostics":
                 diags.append(msg)
+                answered[0] = max(answered[0], int(_values([msg]).get("answered_stamp_ns", 0)))
         return cb
 
     node.create_subscription(PoseWithCovarianceStamped, "/pose", rec("/pose", "geometry_msgs/msg/PoseWithCovarianceStamped"), LATCHED)
@@ -125,28 +134,50 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
                 raise RuntimeError(f"localizer exited with {proc.returncode}; see {log_path}")
         else:
             raise RuntimeError(f"localizer not ready after {ready_timeout:.0f} s; see {log_path}")
+        def is_answered(stamp: int) -> bool:
+            return stamp in poses or answered[0] >= stamp
+
+        def wait_for_answer(stamp: int) -> None:
+            deadline = time.monotonic() + answer_timeout
+            while not is_answered(stamp):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"localizer exited with {proc.returncode}; see {log_path}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"lockstep: no answer to the image stamped {stamp} within "
+                                       f"{answer_timeout:.0f} s; see {log_path}")
+                ex.spin_once(timeout_sec=0.01)
+
         start = time.monotonic()
         n_images = 0
+        last_image: int | None = None
         for k, (topic, msgtype, t, raw) in enumerate(messages):
-            while (wait := start + (t - t0) * 1e-9 / rate - time.monotonic()) > 0:
-                ex.spin_once(timeout_sec=min(wait, 0.01))
+            if lockstep:
+                if topic == image_topic and last_image is not None:
+                    wait_for_answer(last_image)
+            else:
+                while (wait := start + (t - t0) * 1e-9 / rate - time.monotonic()) > 0:
+                    ex.spin_once(timeout_sec=min(wait, 0.01))
             clock.publish(Clock(clock=ns_to_time(t)))
             msg = deserialize_message(raw, TYPES[msgtype])
             pubs[topic].publish(msg)
             if topic == image_topic:
-                published_at[time_to_ns(msg.header.stamp)] = time.monotonic()
+                last_image = time_to_ns(msg.header.stamp)
+                published_at[last_image] = time.monotonic()
                 n_images += 1
                 if progress and n_images % 20 == 0:
                     print(f"replay: {n_images}/{len(frames)} images, {len(poses)} poses", flush=True)
             ex.spin_once(timeout_sec=0)
-        # Let the node finish the last frame, then read its final counters.
+        # Let the node finish the last frame (at most one more processing time when real time)...
+        if lockstep and last_image is not None:
+            wait_for_answer(last_image)
         end = time.monotonic() + 10.0
-        while time.monotonic() < end:
+        while time.monotonic() < end and last_image is not None and not is_answered(last_image):
             ex.spin_once(timeout_sec=0.05)
-            last = _values(diags)
-            if int(last.get("frames_processed", 0)) + int(last.get("frames_dropped", 0)) >= n_images:
-                break
-        for _ in range(20):
+        # ...then move sim time on past its 1 Hz diagnostics period, for its final counters.
+        t_final = (messages[-1][2] if messages else t0) + 1_500_000_000
+        end = time.monotonic() + 10.0
+        while time.monotonic() < end and not any(time_to_ns(d.header.stamp) >= t_final - 500_000_000 for d in diags):
+            clock.publish(Clock(clock=ns_to_time(t_final)))
             ex.spin_once(timeout_sec=0.05)
     finally:
         stop(proc, ex, ctx)
@@ -155,6 +186,10 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
         for topic, msgtype, t, raw in recorded:
             w.write_cdr(topic, msgtype, raw, t, transient_local=topic == "/pose")
     report = _report(frames, poses, map_tfs, published_at, _values(diags), tf, n_images)
+    report["lockstep"] = lockstep
+    report["rate"] = None if lockstep else rate
+    # The newest frame is never left behind: the node answers the last image of the bag.
+    report["last_image_answered"] = last_image is not None and is_answered(last_image)
     write_json_atomic(out / "report.json", report)
     rows = [FrameRow(**r) for r in report["frames"]]
     write_tum(out / "estimated.tum", [(r.stamp_ns, np.array(r.T_map_camera)) for r in rows if r.localized])
@@ -206,7 +241,8 @@ def _report(frames, poses, map_tfs, published_at, last_diag, tf, n_images) -> di
     report["images_published"] = n_images
     report["frames_received_by_node"] = received
     # dropped: published but never processed (the node skips stale frames when it falls behind)
-    report["dropped_fraction"] = 1.0 - int(last_diag.get("frames_processed", 0)) / n_images if n_images else 0.0
+    report["processed_fraction"] = int(last_diag.get("frames_processed", 0)) / n_images if n_images else 0.0
+    report["dropped_fraction"] = 1.0 - report["processed_fraction"] if n_images else 0.0
     report["lost_in_transport_fraction"] = 1.0 - received / n_images if n_images else 0.0
     report["node_diagnostics"] = last_diag
     # map -> odom composed with the bag's odometry, against the ground-truth base pose
