@@ -53,6 +53,19 @@ def demo_bags(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def small_bag(demo_bags, tmp_path_factory) -> Path:
+    """12 images of the demo mapping run, with their poses: a map builds in seconds."""
+    from pram_ros.core.bag import BagReader, BagWriter
+
+    out = tmp_path_factory.mktemp("small") / "bag"
+    with BagReader(demo_bags["map"]) as r, BagWriter(out) as w:
+        for f in list(r.frames())[:12]:
+            w.write_image(f.stamp_ns, f.image, f.camera, f.camera_frame)
+            w.write_pose(f.stamp_ns, f.T_map_camera)
+    return out
+
+
+@pytest.fixture(scope="session")
 def fox_bags(fox_dir, tmp_path_factory) -> dict[str, Path]:
     from pram_ros.core.fox import fox_to_bags
 
@@ -66,7 +79,7 @@ def fox_map(fox_bags, tmp_path_factory):
     from pram_ros.core.recognition import TrainConfig
 
     return build_map(fox_bags["map"], tmp_path_factory.mktemp("maps") / "fox",
-                     BuildConfig(train=TrainConfig(steps=150)), progress=False)
+                     BuildConfig(train=TrainConfig(steps=150, max_minutes=0)), progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +101,12 @@ def demo_query_frames(demo_full) -> list:
 
 @pytest.fixture(scope="session")
 def demo_map(demo_full, tmp_path_factory):
-    """The demo map with the default build settings (BuildSummary)."""
-    from pram_ros.core.build import build_map
+    """The demo map with the default build settings, without the training time cap (BuildSummary):
+    the same map on a busy machine as on an idle one."""
+    from pram_ros.core.build import BuildConfig, build_map
+    from pram_ros.core.recognition import TrainConfig
 
-    return build_map(demo_full["map"], tmp_path_factory.mktemp("maps") / "demo", progress=False)
+    summary = build_map(demo_full["map"], tmp_path_factory.mktemp("maps") / "demo",
+                        BuildConfig(train=TrainConfig(max_minutes=0)), progress=False)
+    assert summary.recognition["steps"] == TrainConfig().steps
+    return summary

@@ -15,22 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pram_ros.core.bag import BagReader, BagWriter
 from pram_ros.core.build import BuildConfig, build_map
 from pram_ros.core.map import MapError, load_map, recover_interrupted, save_map
 from pram_ros.core.recognition import TrainConfig
 
 STEPS = 30
-
-
-@pytest.fixture(scope="module")
-def small_bag(demo_bags, tmp_path_factory):
-    """12 images of the demo mapping run: a build takes seconds."""
-    out = tmp_path_factory.mktemp("kill") / "bag"
-    with BagReader(demo_bags["map"]) as r, BagWriter(out) as w:
-        for f in list(r.frames())[:12]:
-            w.write_image(f.stamp_ns, f.image, f.camera, f.camera_frame)
-    return out
 
 
 def _digest(d: Path) -> str:

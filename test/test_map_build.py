@@ -119,3 +119,38 @@ def test_bag_without_poses_builds_and_says_scale_is_arbitrary(fox_bags, tmp_path
     assert any("arbitrary" in w for w in summary.warnings)
     m = load_map(summary.out)
     assert not m.metric and len(m.points) > 200
+
+
+@pytest.mark.slow
+def test_the_same_map_on_a_busy_machine(small_bag, tmp_path):
+    """Training steps, not the clock, decide the map: a build with a CPU hog beside it trains as
+    many steps as an idle one, into the same weights."""
+    import subprocess
+    import sys
+
+    conf = BuildConfig(train=TrainConfig(steps=20))  # the default safety cap, far away
+    idle = build_map(small_bag, tmp_path / "idle", conf, progress=False)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = build_map(small_bag, tmp_path / "busy", conf, progress=False)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert idle.recognition["steps"] == busy.recognition["steps"] == 20
+    assert not busy.recognition["stopped_by_time_cap"] and not busy.warnings
+    a, b = load_map(idle.out).recognizer_state, load_map(busy.out).recognizer_state
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k].float().numpy(), b[k].float().numpy(), atol=1e-3, err_msg=k)
+
+
+def test_time_cap_stops_training_with_a_warning(small_bag, tmp_path, caplog):
+    """The time budget is a safety cap: when it stops training, the log, the summary and the map say so."""
+    conf = BuildConfig(train=TrainConfig(steps=1000, max_minutes=0.002))
+    with caplog.at_level("WARNING"):
+        s = build_map(small_bag, tmp_path / "m", conf, progress=False)
+    assert s.recognition["stopped_by_time_cap"] and s.recognition["steps"] < 1000
+    assert any("safety cap" in w for w in s.warnings), s.warnings
+    assert "safety cap" in caplog.text and "stopped by the time cap" in s.table()
+    manifest = json.loads((s.out / "manifest.json").read_text())
+    assert "safety cap" in json.dumps(manifest)

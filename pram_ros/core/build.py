@@ -78,6 +78,8 @@ class BuildSummary:
         rows = [("images used", f"{self.images}"), ("3D points", f"{self.points}"),
                 ("landmarks (K)", f"{self.landmarks}"), ("VRFs", f"{self.vrfs}"),
                 ("frame / metric", f"{self.frame} / {'yes' if self.metric else 'no (scale arbitrary)'}"),
+                ("training steps", f"{self.recognition.get('steps')} of {self.recognition.get('steps_planned')}"
+                 + (" (WARN: stopped by the time cap)" if self.recognition.get("stopped_by_time_cap") else "")),
                 ("recognition accuracy (held out)",
                  f"{self.recognition.get('val_landmark_accuracy', float('nan')):.3f} "
                  f"(chance {self.recognition.get('chance', float('nan')):.3f})"),
@@ -315,6 +317,11 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
     rconf = replace(conf.recognizer, descriptor_dim=extractor.dim, num_classes=int(labels.max()) + 1)
     train_s, val_s = training_samples(kfs, feats, kp_labels, extractor, conf, progress)
     model, report = train(train_s, val_s, rconf, conf.train, resolve_device(conf.features.device), progress)
+    if report["stopped_by_time_cap"]:
+        warnings.append(f"recognizer training stopped by its {conf.train.max_minutes:g} min safety cap after "
+                        f"{report['steps']} of {report['steps_planned']} steps: this map is less trained than "
+                        f"asked (a busy machine?); rebuild it, or raise the cap")
+        log.warning(warnings[-1])
     counts = np.bincount(np.concatenate([s.labels[s.labels > 0] for s in val_s]) if val_s else [0])
     report["chance"] = float(counts.max() / max(counts.sum(), 1)) if counts.sum() else 0.0
     lap("training")
