@@ -195,7 +195,7 @@ def test_fuzzed_images_and_compressed_images(node, frames):
                               (h.cimg, mutate_compressed(rng, jpeg, png, next_stamp(h)))):
             n = h.node.stats.received
             pub.publish(msg)
-            h.spin(lambda: h.node.stats.received > n, 0.2)
+            h.spin(lambda: h.node.stats.received > n, 1.0)  # a busy machine delays, best effort may lose
     assert h.node.stats.received >= 100, h.node.stats  # most of the 200 arrived (best effort)
     assert h.node._worker.is_alive()
     localized = h.node.stats.localized

@@ -83,7 +83,8 @@ def test_covariance_grows_as_inliers_shrink(demo_map, demo_query_frames):
         traces.append(np.trace(covariance(*args, floor=False)))
         floored.append(np.trace(covariance(*args)))
     assert traces[0] < traces[1] < traces[2] < traces[3]  # the estimate's own uncertainty grows...
-    assert floored[0] <= floored[1] <= floored[2] < floored[3]  # ...and the published one never shrinks
+    # ...and the published one never shrinks (values at the floor are equal up to rounding)
+    assert all(b >= a * (1 - 1e-9) for a, b in zip(floored, floored[1:])) and floored[2] < floored[3]
     assert np.all(np.diag(covariance(*args)) >= [1e-4] * 3 + [np.radians(1) ** 2] * 3)  # floored, never 0
 
 
