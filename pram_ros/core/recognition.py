@@ -78,7 +78,9 @@ class SelfBlock(nn.Module):
         b, n, d = x.shape
         qkv = self.Wqkv(x).unflatten(-1, (self.heads, -1, 3)).transpose(1, 2)  # (B, H, N, hd, 3)
         q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]
-        q, k = _rotary(enc, q), _rotary(enc, k)
+        # Contiguous heads: strided ones send attention down PyTorch's slow reference path on the
+        # CPU (5x slower at 1024 keypoints; bench/recognizer_profile.py).
+        q, k, v = _rotary(enc, q).contiguous(), _rotary(enc, k).contiguous(), v.contiguous()
         attn_mask = None if mask is None else mask[:, None, None, :]
         msg = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         msg = self.out(msg.transpose(1, 2).reshape(b, n, d))
