@@ -26,7 +26,7 @@ from .geometry import invert
 from .map import MapError, PramMap, load_map
 from .recognition import Recognizer, RecognizerConfig, normalize_keypoints
 from .registration import PoseEstimate, RegistrationConfig, check, covariance, estimate_pose
-from .matching import MatchConfig, mutual_nn, mutual_within_radius
+from .matching import MatchConfig, mutual_nn
 
 log = logging.getLogger(__name__)
 CUDA_ERRORS = (torch.cuda.OutOfMemoryError, torch.AcceleratorError)
@@ -40,6 +40,8 @@ class LocalizerConfig:
     half: bool = False  # fp16 autocast for the networks on CUDA
     match: MatchConfig = MatchConfig(ratio=0.9, min_similarity=0.5)
     registration: RegistrationConfig = RegistrationConfig()
+    recognition_keypoints: int = 768  # the recognizer sees the strongest this many (detector score; 0: all);
+    # the rest count as background when ranking landmarks, and every keypoint is matched in refinement
     no_landmark_prob: float = 0.95  # drop keypoints this sure to be background...
     max_prefilter_drop: float = 0.6  # ...unless that removes more than this share
     max_landmarks: int = 24  # candidates tried in rank order...
@@ -47,12 +49,8 @@ class LocalizerConfig:
     ranking: str = "soft"  # soft (summed probabilities) | votes (first, then second choices)
     min_labelled: int = 40  # fewer keypoints voting for a landmark: match all keypoints instead
     refine_radii_px: tuple[float, ...] = (24.0, 8.0)  # refinement passes, coarse to fine
-    local_min_similarity: float = 0.7  # projection-guided matches (refinement, tracking)
-    local_ratio: float = 0.95
-    guided: str = "global"  # global | radius
     tracking: bool = True
     track_radius_px: float = 30.0
-    max_depth: float = 0.0  # points farther than this are not projected when tracking (0: no limit)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -61,6 +59,8 @@ class LocalizerConfig:
             raise ValueError("no_landmark_prob must be in [0.5, 1]")
         if not 1 <= self.max_landmarks <= 512:
             raise ValueError("max_landmarks must be in [1, 512]")
+        if not (self.recognition_keypoints == 0 or 16 <= self.recognition_keypoints <= 16384):
+            raise ValueError("recognition_keypoints must be 0 (all) or in [16, 16384]")
 
 
 @dataclass
@@ -107,7 +107,6 @@ class Localizer:
         self.vrfs_of = [np.flatnonzero(m.vrf_landmark == lm) for lm in range(k + 1)]
         self.landmark_points = [np.unique(np.concatenate([m.vrf_point_ids(v) for v in vs])) if len(vs) else
                                 np.zeros(0, np.int64) for vs in self.vrfs_of]
-        self.all_points = np.arange(len(self.points))
         self.last_T_camera_map: np.ndarray | None = None
         self.prior_T_map_camera: np.ndarray | None = None
 
@@ -173,7 +172,7 @@ class Localizer:
                 start = invert(self.prior_T_map_camera)
             if start is not None:
                 with self._timer(times, "tracking"):
-                    res = self._refine(feats, kp, camera, start, self.all_points, "tracking",
+                    res = self._refine(feats, kp, camera, start, "tracking",
                                        (self.conf.track_radius_px,) + self.conf.refine_radii_px[1:])
             if res is None or not res.success:
                 res = self._recognize_and_register(feats, kp, camera, times)
@@ -203,13 +202,21 @@ class Localizer:
 
     @torch.inference_mode()
     def recognize(self, feats: Features) -> torch.Tensor:
-        """Class probabilities (N, 1 + K) of the keypoints."""
-        if len(feats) == 0:
-            return torch.zeros((0, self.map.num_landmarks + 1), device=self.device)
-        kpn = normalize_keypoints(feats.keypoints, feats.image_size)
+        """Class probabilities (N, 1 + K) of the keypoints. Only the strongest
+        `recognition_keypoints` go through the transformer (its cost grows with the square of
+        their number); the others get class 0 (no landmark)."""
+        probs = torch.zeros((len(feats), self.map.num_landmarks + 1), device=self.device)
+        probs[:, 0] = 1.0
+        n = self.conf.recognition_keypoints
+        idx = torch.argsort(feats.scores, descending=True)[:n] if n and len(feats) > n else \
+            torch.arange(len(feats), device=self.device)
+        if len(idx) == 0:
+            return probs
+        kpn = normalize_keypoints(feats.keypoints[idx], feats.image_size)
         with torch.autocast("cuda", torch.float16, enabled=self.conf.half and self.device.type == "cuda"):
-            logits = self.recognizer(feats.descriptors[None], kpn[None])[0]
-        return logits.float().softmax(-1)
+            logits = self.recognizer(feats.descriptors[idx][None], kpn[None])[0]
+        probs[idx] = logits.float().softmax(-1)
+        return probs
 
     def rank_landmarks(self, probs: torch.Tensor) -> tuple[np.ndarray, list[int], np.ndarray]:
         """(kept keypoint indices, landmarks by votes, top-2 labels per keypoint)."""
@@ -270,7 +277,7 @@ class Localizer:
             # projection); a pose they do not confirm is rejected: a repeated poster or a
             # self-similar wall can fit one landmark's matches.
             with self._timer(times, "refinement"):
-                refined = self._refine(feats, kp, camera, est.T_camera_map, self.all_points, "recognition")
+                refined = self._refine(feats, kp, camera, est.T_camera_map, "recognition")
             if not refined.success:
                 best_reason = f"landmarks {group}: refinement did not confirm the pose ({refined.reason})"
                 continue
@@ -288,48 +295,38 @@ class Localizer:
         res.inlier_uv, res.inlier_xyz = uv[est.inliers], xyz[est.inliers]
         return res
 
-    def _refine(self, feats: Features, kp: np.ndarray, camera: Camera, T_camera_map: np.ndarray, cand: np.ndarray,
-                mode: str, radii: tuple[float, ...] | None = None) -> LocalizationResult:
-        """Projection-guided matching and PnP, repeated with shrinking radii from the last pose."""
-        res = LocalizationResult(False, mode, "no pose to refine")
-        for radius in radii or self.conf.refine_radii_px:
-            res = self._project_and_match(feats, kp, camera, T_camera_map, radius, cand, mode)
-            if not res.success:
-                return res
-            T_camera_map = res.T_camera_map
-        return res
-
-    def _project_and_match(self, feats: Features, kp: np.ndarray, camera: Camera, T_camera_map: np.ndarray,
-                           radius: float, cand: np.ndarray, mode: str) -> LocalizationResult:
-        """Match keypoints to map points projecting within `radius` px, then PnP."""
+    def _refine(self, feats: Features, kp: np.ndarray, camera: Camera, T_camera_map: np.ndarray, mode: str,
+                radii: tuple[float, ...] | None = None) -> LocalizationResult:
+        """Projection-guided registration: mutual nearest neighbours between the keypoints and the
+        map points in view of the pose, kept where the point projects within the radius of its
+        keypoint, then PnP; repeated from the new pose with the next, smaller radius (the matches
+        are computed once: the points in view hardly change between passes)."""
         res = LocalizationResult(False, mode, "too few projected matches")
-        if len(kp) == 0 or len(cand) == 0:
-            return res
-        p = self.points[cand] @ T_camera_map[:3, :3].T + T_camera_map[:3, 3]
+        radii = radii or self.conf.refine_radii_px
+        need = self.conf.registration.min_inliers
+        T = T_camera_map
+        p = self.points @ T[:3, :3].T + T[:3, 3]
         uv, front = camera.project(p)
-        ok = front & (uv[:, 0] > -radius) & (uv[:, 1] > -radius) & (uv[:, 0] < camera.width + radius) & \
-            (uv[:, 1] < camera.height + radius)
-        if self.conf.max_depth:
-            ok &= p[:, 2] < self.conf.max_depth
-        if ok.sum() < self.conf.registration.min_inliers:
+        r = radii[0]
+        cand = np.flatnonzero(front & (uv[:, 0] > -r) & (uv[:, 1] > -r) & (uv[:, 0] < camera.width + r) &
+                              (uv[:, 1] < camera.height + r))
+        if len(kp) == 0 or len(cand) < need:
             return res
-        cand, uv = cand[ok], uv[ok]
-        if self.conf.guided == "radius":
-            q, j = mutual_within_radius(kp, feats.descriptors, uv, self.point_desc[cand], radius,
-                                        self.conf.local_min_similarity, self.conf.local_ratio)
-        else:  # mutual nearest neighbours over all projected points, then kept only near their projection
-            m = mutual_nn(feats.descriptors, self.point_desc[cand], self.conf.match).cpu().numpy()
-            near = np.linalg.norm(kp[m[:, 0]] - uv[m[:, 1]], axis=1) < radius
-            q, j = m[near, 0], m[near, 1]
-        if len(q) < self.conf.registration.min_inliers:
-            return res
-        xyz = self.points[cand[j]]
-        est = estimate_pose(kp[q], xyz, camera, self.conf.registration)
-        reason = check(est, kp[q], camera, self.conf.registration) if est else "PnP failed"
-        if reason:
-            res.reason = reason
-            return res
-        return self._accept(res, est, kp[q], xyz, q)
+        m = mutual_nn(feats.descriptors, self.point_desc[cand], self.conf.match).cpu().numpy()
+        q_all, xyz_all = m[:, 0], self.points[cand[m[:, 1]]]
+        for radius in radii:
+            uv, front = camera.project(xyz_all @ T[:3, :3].T + T[:3, 3])
+            near = front & (np.linalg.norm(kp[q_all] - uv, axis=1) < radius)
+            q, xyz = q_all[near], xyz_all[near]
+            if len(q) < need:
+                return LocalizationResult(False, mode, "too few projected matches")
+            est = estimate_pose(kp[q], xyz, camera, self.conf.registration)
+            reason = check(est, kp[q], camera, self.conf.registration) if est else "PnP failed"
+            if reason:
+                return LocalizationResult(False, mode, reason)
+            res = self._accept(LocalizationResult(False, mode), est, kp[q], xyz, q)
+            T = res.T_camera_map
+        return res
 
     def _exhaustive(self, feats: Features, kp: np.ndarray, camera: Camera, times: dict[str, float]) -> LocalizationResult:
         b = self.map.baseline

@@ -55,6 +55,7 @@ def estimate_pose(uv: np.ndarray, xyz: np.ndarray, camera: Camera, conf: Registr
     est = pycolmap.AbsolutePoseEstimationOptions()
     est.ransac.max_error = conf.ransac_thresh_px
     est.ransac.min_inlier_ratio = 0.05
+    est.ransac.random_seed = 0  # the same pose for the same matches, whatever ran before in the process
     ret = pycolmap.estimate_and_refine_absolute_pose(np.asarray(uv, np.float64) + 0.5, np.asarray(xyz, np.float64),
                                                      camera.to_pycolmap(), est)
     if ret is None:
