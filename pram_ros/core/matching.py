@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 
@@ -36,43 +35,3 @@ def mutual_nn(d0: torch.Tensor, d1: torch.Tensor, conf: MatchConfig = MatchConfi
         ok &= dist[:, 0] <= conf.ratio * dist[:, 1]
     return torch.stack([i0[ok], idx01[ok, 0]], 1)
 
-
-def _best_per(group: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """Index of the highest score within each group value."""
-    order = np.lexsort((-score, group))
-    first = np.ones(len(order), bool)
-    first[1:] = group[order][1:] != group[order][:-1]
-    return order[first]
-
-
-def mutual_within_radius(kp: np.ndarray, desc: torch.Tensor, uv: np.ndarray, point_desc: torch.Tensor,
-                         radius: float, min_similarity: float, ratio: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """(keypoint, point) pairs: each other's most similar partner among those within `radius` px,
-    passing a ratio test against the keypoint's second-best candidate in the radius."""
-    from scipy.spatial import cKDTree
-
-    empty = np.zeros(0, np.int64), np.zeros(0, np.int64)
-    pairs = cKDTree(kp).sparse_distance_matrix(cKDTree(uv), radius, output_type="ndarray")
-    if len(pairs) == 0:
-        return empty
-    i, j = pairs["i"].astype(np.int64), pairs["j"].astype(np.int64)
-    ti, tj = torch.from_numpy(i).to(desc.device), torch.from_numpy(j).to(desc.device)
-    sim = (desc[ti] * point_desc[tj]).sum(1).float().cpu().numpy()
-    order = np.lexsort((-sim, i))  # per keypoint, candidates by decreasing similarity
-    i, j, sim = i[order], j[order], sim[order]
-    first = np.ones(len(i), bool)
-    first[1:] = i[1:] != i[:-1]
-    best = np.flatnonzero(first)
-    has_second = np.zeros(len(best), bool)
-    second_sim = np.full(len(best), -1.0)
-    nxt = best + 1
-    ok_next = nxt < len(i)
-    ok_next[ok_next] = i[nxt[ok_next]] == i[best[ok_next]]
-    has_second[ok_next] = True
-    second_sim[ok_next] = sim[nxt[ok_next]]
-    d1 = np.sqrt(np.maximum(2 - 2 * sim[best], 0))
-    d2 = np.sqrt(np.maximum(2 - 2 * second_sim, 0))
-    keep = (sim[best] >= min_similarity) & (~has_second | (d1 <= ratio * d2))
-    i, j, sim = i[best[keep]], j[best[keep]], sim[best[keep]]
-    sel = _best_per(j, sim)  # the keypoint must also be its point's best
-    return i[sel], j[sel]
