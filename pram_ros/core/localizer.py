@@ -50,7 +50,8 @@ class LocalizerConfig:
     min_labelled: int = 40  # fewer keypoints voting for a landmark: match all keypoints instead
     refine_radii_px: tuple[float, ...] = (24.0, 8.0)  # refinement passes, coarse to fine
     tracking: bool = True
-    track_radius_px: float = 30.0
+    track_radius_px: float = 60.0  # first tracking pass: how far from its projection from the last pose a
+    # point may be seen (the node processes a few frames a second on a CPU: the image moves tens of px)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
