@@ -122,13 +122,15 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
     proc = subprocess.Popen(cmd, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        # Wait until the node reports a loaded map (its timers run on /clock: keep the clock ticking).
+        # Wait until the node reports a loaded map (its timers run on /clock: keep the clock ticking)
+        # and subscribes to every topic played: a message written before DDS matched its
+        # subscriber can miss it on a busy machine (a lockstep replay once lost the extrinsic so).
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             clock.publish(Clock(clock=ns_to_time(t0)))
             ex.spin_once(timeout_sec=0.1)
             if any(s.message.startswith(("stale", "localized")) for d in diags for s in d.status) and \
-                    pubs[image_topic].get_subscription_count() > 0:
+                    all(pub.get_subscription_count() > 0 for pub in pubs.values()):
                 break
             if proc.poll() is not None:
                 raise RuntimeError(f"localizer exited with {proc.returncode}; see {log_path}")
