@@ -73,7 +73,8 @@ class Stats:
     localized: int = 0
     errors: int = 0
     stamp_rejected: int = 0  # duplicate, out-of-order or far-future image stamps
-    answered_stamp_ns: int = 0  # the last frame the worker finished with, whatever the outcome
+    answered: int = 0  # frames the worker took, whatever the outcome (received = answered + dropped)
+    answered_stamp_ns: int = 0  # the last of them
     last_error: str = ""
     warning: str = ""  # a lasting degraded state of the TF output (odometry stopped); "" when none
     last_fix_ns: int | None = None
@@ -330,6 +331,7 @@ class LocalizerNode(LifecycleNode):
             finally:
                 # Every frame gets an answer: its pose, or a diagnostic saying why not (the one
                 # that stopped it, else the usual status with the frame's reason).
+                self.stats.answered += 1
                 self.stats.answered_stamp_ns = time_to_ns(msg.header.stamp)
                 issue, self._frame_issue = self._frame_issue, None
                 if issue or not posed:
@@ -504,7 +506,7 @@ class LocalizerNode(LifecycleNode):
                   "latency_ms": f"{s.last.get('latency_ms', 0):.1f}", "time_since_fix_s": f"{since:.2f}",
                   "frames_received": s.received, "frames_dropped": s.dropped, "frames_processed": s.processed,
                   "frames_localized": s.localized, "stamps_rejected": s.stamp_rejected, "errors": s.errors,
-                  "answered_stamp_ns": s.answered_stamp_ns,
+                  "frames_answered": s.answered, "answered_stamp_ns": s.answered_stamp_ns,
                   "last_error": s.last_error,
                   "tf": s.last.get("tf", ""), "reason": s.last.get("reason", ""),
                   "device": str(self.loc.device) if self.loc else "", "device_warning":

@@ -175,11 +175,18 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
         end = time.monotonic() + 10.0
         while time.monotonic() < end and last_image is not None and not is_answered(last_image):
             ex.spin_once(timeout_sec=0.05)
-        # ...then move sim time on past its 1 Hz diagnostics period, for its final counters.
-        t_final = (messages[-1][2] if messages else t0) + 1_500_000_000
+        # ...then move sim time on, so that its 1 Hz diagnostics fire, until one reports the last
+        # image answered: those are its final counters.
+        t_end = t_clock = messages[-1][2] if messages else t0
+
+        def final() -> bool:
+            return bool(diags) and time_to_ns(diags[-1].header.stamp) > t_end and \
+                int(_values(diags).get("answered_stamp_ns", 0)) >= (last_image or 0)
+
         end = time.monotonic() + 10.0
-        while time.monotonic() < end and not any(time_to_ns(d.header.stamp) >= t_final - 500_000_000 for d in diags):
-            clock.publish(Clock(clock=ns_to_time(t_final)))
+        while time.monotonic() < end and not final():
+            t_clock += 100_000_000
+            clock.publish(Clock(clock=ns_to_time(t_clock)))
             ex.spin_once(timeout_sec=0.05)
     finally:
         stop(proc, ex, ctx)
