@@ -237,12 +237,14 @@ class Localizer:
         order = [int(lm) for lm in np.argsort(-score) if lm > 0 and score[lm] > 0]
         return keep.cpu().numpy(), order, top2.cpu().numpy()
 
+    def _points_in_view(self, T_camera_map: np.ndarray, camera: Camera, margin: float = 0.0) -> np.ndarray:
+        """Indices of the map points in front of the camera projecting into the image (+ margin px)."""
+        uv, front = camera.project(self.points @ T_camera_map[:3, :3].T + T_camera_map[:3, 3])
+        return np.flatnonzero(front & (uv[:, 0] >= -margin) & (uv[:, 1] >= -margin) &
+                              (uv[:, 0] < camera.width + margin) & (uv[:, 1] < camera.height + margin))
+
     def _visible_landmarks(self, T_map_camera: np.ndarray, camera: Camera) -> set[int]:
-        T = invert(T_map_camera)
-        p = self.points @ T[:3, :3].T + T[:3, 3]
-        uv, front = camera.project(p)
-        ok = front & (uv[:, 0] >= 0) & (uv[:, 1] >= 0) & (uv[:, 0] < camera.width) & (uv[:, 1] < camera.height)
-        return set(np.unique(self.map.labels[ok]).tolist())
+        return set(np.unique(self.map.labels[self._points_in_view(invert(T_map_camera), camera)]).tolist())
 
     def _recognize_and_register(self, feats: Features, kp: np.ndarray, camera: Camera,
                                 times: dict[str, float]) -> LocalizationResult:
@@ -306,11 +308,7 @@ class Localizer:
         radii = radii or self.conf.refine_radii_px
         need = self.conf.registration.min_inliers
         T = T_camera_map
-        p = self.points @ T[:3, :3].T + T[:3, 3]
-        uv, front = camera.project(p)
-        r = radii[0]
-        cand = np.flatnonzero(front & (uv[:, 0] > -r) & (uv[:, 1] > -r) & (uv[:, 0] < camera.width + r) &
-                              (uv[:, 1] < camera.height + r))
+        cand = self._points_in_view(T, camera, radii[0])
         if len(kp) == 0 or len(cand) < need:
             return res
         m = mutual_nn(feats.descriptors, self.point_desc[cand], self.conf.match).cpu().numpy()
