@@ -1,9 +1,20 @@
 """ament_python package setup: builds with colcon in a ROS 2 workspace and with pip in a venv."""
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
 
 PACKAGE = "pram_ros"
+
+
+def tree(src: str, dest: str) -> list[tuple[str, list[str]]]:
+    """data_files entries that install the files under `src` (maps a user put there) into `dest`."""
+    out = []
+    for root, _, files in os.walk(src):
+        if files:
+            out.append((os.path.normpath(os.path.join(dest, os.path.relpath(root, src))),
+                        [os.path.join(root, f) for f in files]))
+    return out
 
 setup(
     name=PACKAGE,
@@ -14,7 +25,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*")),
-        (f"share/{PACKAGE}/maps", glob("maps/*")),
+        *tree("maps", f"share/{PACKAGE}/maps"),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

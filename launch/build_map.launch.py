@@ -1,25 +1,46 @@
-"""Build a map: from a bag (bag_path:=...) or live, recording until ~/build is called."""
+"""Build a map: from a bag (`bag_path:=...`), or live, recording until `~/build` is called.
+
+`ros2 launch pram_ros build_map.launch.py out:=/path/to/map bag_path:=/path/to/bag`. Arguments left
+empty keep the params file's value (config/map_builder.yaml).
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration
+from launch.actions import OpaqueFunction
 from launch_ros.actions import Node
+
+from pram_ros.ros.launching import TF_REMAPS, arguments, map_builder_overrides, resolved, shutdown_on_exit
+
+SHARE = get_package_share_directory("pram_ros")
+ARGS = [  # name, default, description
+    ("namespace", "", "robot namespace"),
+    ("params_file", os.path.join(SHARE, "config", "map_builder.yaml"), "node parameters (`/**:` section)"),
+    ("out", "", "map directory to write"),
+    ("bag_path", "", "build from this bag; empty: record live and build on ~/build"),
+    ("record_dir", "", "where live recordings go"),
+    ("features", "", "xfeat | sift | superpoint"),
+    ("device", "", "auto | cpu | cuda | cuda:N"),
+    ("steps", "", "recognizer training steps"),
+    ("image_transport", "", "raw | compressed (live recording)"),
+    ("image_topic", "camera/image_raw", "camera images (live recording)"),
+    ("camera_info_topic", "camera/camera_info", "camera calibration (live recording)"),
+    ("pose_topic", "ground_truth/camera_pose", "camera poses, if any (live recording)"),
+    ("use_sim_time", "false", "use /clock"),
+    ("log_level", "info", "debug | info | warn | error"),
+]
+
+
+def _setup(context):
+    a = resolved(context, ARGS)
+    image = a["image_topic"]
+    node = Node(package="pram_ros", executable="map_builder", name="map_builder", namespace=a["namespace"].strip("/"),
+                output="screen", arguments=["--ros-args", "--log-level", a["log_level"]],
+                parameters=[a["params_file"], map_builder_overrides(a)],
+                remappings=[("image", image), ("image/compressed", f"{image}/compressed"),
+                            ("camera_info", a["camera_info_topic"]), ("pose", a["pose_topic"]), *TF_REMAPS])
+    return [node, *shutdown_on_exit([node])]
 
 
 def generate_launch_description() -> LaunchDescription:
-    cfg = LaunchConfiguration
-    args = [
-        DeclareLaunchArgument("bag_path", default_value="", description="build from this bag; empty: record live"),
-        DeclareLaunchArgument("out", description="map directory to write"),
-        DeclareLaunchArgument("features", default_value="xfeat"),
-        DeclareLaunchArgument("device", default_value="auto"),
-        DeclareLaunchArgument("image_topic", default_value="/camera/image_raw"),
-        DeclareLaunchArgument("camera_info_topic", default_value="/camera/camera_info"),
-        DeclareLaunchArgument("pose_topic", default_value="/ground_truth/camera_pose"),
-        DeclareLaunchArgument("use_sim_time", default_value="false"),
-    ]
-    node = Node(package="pram_ros", executable="map_builder", name="map_builder", output="screen",
-                parameters=[{"bag_path": cfg("bag_path"), "out": cfg("out"), "features": cfg("features"),
-                             "device": cfg("device"), "use_sim_time": cfg("use_sim_time")}],
-                remappings=[("image", cfg("image_topic")), ("camera_info", cfg("camera_info_topic")),
-                            ("pose", cfg("pose_topic"))])
-    return LaunchDescription([*args, node])
+    return LaunchDescription([*arguments(ARGS), OpaqueFunction(function=_setup)])

@@ -1,4 +1,4 @@
-"""`pram-ros`: the command line of the package (bags, demo data; later map building and evaluation)."""
+"""`pram-ros`: the command line of the package (bags, demo data, map building, evaluation, replay)."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,16 @@ import sys
 from pathlib import Path
 
 from .core.bag import BagError, BagReader, BagTopics
+from .core.build import build_settings
+from .core.localizer import LocalizerConfig
+from .core.params import add_options, options, specs
+from .core.registration import RegistrationConfig
+
+
+def evaluate_settings() -> dict:
+    """The localizer settings `evaluate` takes as options."""
+    loc = specs(LocalizerConfig)
+    return {"method": loc["method"], "device": loc["device"], **specs(RegistrationConfig)}
 
 
 def _topic_args(p: argparse.ArgumentParser) -> None:
@@ -69,17 +79,10 @@ def _quiet_colmap() -> None:
 
 
 def cmd_build_map(a: argparse.Namespace) -> int:
-    from .core.build import BuildConfig, build_map
-    from .core.features import FeatureConfig
-    from .core.landmarks import LandmarkConfig
-    from .core.recognition import TrainConfig
+    from .core.build import build_config, build_map
 
     _quiet_colmap()
-    conf = BuildConfig(
-        features=FeatureConfig(a.features, a.max_keypoints, a.resize_max, a.device, a.weights or ""),
-        landmarks=LandmarkConfig(num_landmarks=a.landmarks), train=TrainConfig(
-            steps=a.steps, **({} if a.max_minutes is None else {"max_minutes": a.max_minutes})),
-        pose_source=a.pose_source, max_images=a.max_images)
+    conf = build_config(options(a, build_settings()))
     summary = build_map(a.bag, a.out, conf, _topics(a))
     for w in summary.warnings:
         print(f"WARNING: {w}")
@@ -90,10 +93,13 @@ def cmd_build_map(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .core.evaluation import evaluate, report_table
-    from .core.localizer import Localizer, LocalizerConfig
+    from .core.localizer import Localizer
 
     _quiet_colmap()
-    loc = Localizer(a.map_dir, LocalizerConfig(method=a.method, device=a.device, tracking=a.tracking))
+    v = options(a, evaluate_settings())
+    loc = Localizer(a.map_dir, LocalizerConfig(method=v["method"], device=v["device"], tracking=a.tracking,
+                                               registration=RegistrationConfig(v["ransac_thresh_px"],
+                                                                               v["min_inliers"])))
     report = evaluate(loc, a.query_bag, a.out, tracking=a.tracking, topics=_topics(a))
     print(f"== report in {a.out}/report.json")
     print(report_table(report))
@@ -178,17 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-map", help="build a PRAM map from a contract bag")
     p.add_argument("bag")
     p.add_argument("--out", required=True, help="map directory to write (replaced atomically)")
-    p.add_argument("--features", choices=["xfeat", "sift", "superpoint"], default="xfeat")
-    p.add_argument("--max-keypoints", type=int, default=1024)
-    p.add_argument("--resize-max", type=int, default=640, help="longest image side for features (0: keep)")
-    p.add_argument("--weights", help="SuperPoint weights (MagicLeap superpoint_v1.pth layout)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--pose-source", choices=["auto", "ground_truth", "odometry", "none"], default="auto")
-    p.add_argument("--landmarks", type=int, default=0, help="number of landmarks K (0: from the map's size)")
-    p.add_argument("--steps", type=int, default=400, help="recognizer training steps")
-    p.add_argument("--max-minutes", type=float,
-                   help="safety cap on recognizer training time (0: none; default 60); --steps decides the map")
-    p.add_argument("--max-images", type=int, default=0, help="use at most N keyframes (0: all)")
+    add_options(p, build_settings())
     _topic_args(p)
     p.set_defaults(func=cmd_build_map)
 
@@ -196,9 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("map_dir")
     p.add_argument("query_bag")
     p.add_argument("--out", required=True, help="report directory")
-    p.add_argument("--method", choices=["pram", "exhaustive"], default="pram")
+    add_options(p, evaluate_settings())
     p.add_argument("--tracking", action="store_true", help="track between frames (default: relocalize each)")
-    p.add_argument("--device", default="auto")
     _topic_args(p)
     p.set_defaults(func=cmd_evaluate)
 

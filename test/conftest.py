@@ -35,6 +35,19 @@ def ros(domain_id):
     rclpy.shutdown(context=ctx)
 
 
+def needs(module: str, what: str):
+    """Import a ROS piece that only ../shared/ros2 provides here (make setup installs it): skip
+    without it, except under CI, where it must be there."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if os.environ.get("PRAM_REQUIRE_SHARED"):
+            pytest.fail(f"{what} is not installed ({exc}) but PRAM_REQUIRE_SHARED is set: run make setup")
+        pytest.skip(f"{what} is not installed ({exc}); make setup installs it from ../shared/ros2")
+
+
 @pytest.fixture(scope="session")
 def fox_dir() -> Path:
     if not (FOX_DIR / "transforms.json").is_file():
@@ -110,3 +123,14 @@ def demo_map(demo_full, tmp_path_factory):
                         BuildConfig(train=TrainConfig(max_minutes=0)), progress=False)
     assert summary.recognition["steps"] == TrainConfig().steps
     return summary
+
+
+@pytest.fixture(scope="session")
+def small_map(small_bag, tmp_path_factory):
+    """A tiny map (12 demo images, 30 training steps; BuildSummary): for the tests that need some
+    map, not a good one."""
+    from pram_ros.core.build import BuildConfig, build_map
+    from pram_ros.core.recognition import TrainConfig
+
+    return build_map(small_bag, tmp_path_factory.mktemp("maps") / "small",
+                     BuildConfig(train=TrainConfig(steps=30, max_minutes=0)), progress=False)

@@ -68,6 +68,30 @@ class Harness:
         rclpy.shutdown(context=self.ctx)
 
 
+def demo_harness(domain_id: int, map_dir, f0, **params) -> Harness:
+    """An active node on `map_dir` that knows frame f0's camera extrinsic, recording what it
+    publishes (`published`) and the map transforms that reach DDS (`map_tf`)."""
+    h = Harness(domain_id, {"map_path": str(map_dir), "publish_debug_image": False, **params})
+    h.activate_recording()
+    h.node._on_tf(TFMessage(transforms=[transform_msg("base_link", f0.camera_frame, f0.T_base_camera, 0)]), True)
+    h.map_tf = []
+    h.peer.create_subscription(TFMessage, "/tf", lambda m: h.map_tf.extend(
+        t for t in m.transforms if t.header.frame_id == "map"), 100)
+    return h
+
+
+def process(h, f, odometry: bool = True, camera_info: bool = True, T_odom_base=None) -> int:
+    """Hand one frame to the node as its callbacks would, stamped as if taken just now (its stamp)."""
+    stamp = h.node.get_clock().now().nanoseconds
+    if camera_info:
+        h.node._on_camera_info(camera_info_msg(f))
+    if odometry:
+        T = f.T_odom_base if T_odom_base is None else T_odom_base
+        h.node._on_tf(TFMessage(transforms=[transform_msg("odom", "base_link", T, stamp)]), False)
+    h.node._process(image_to_msg(f.image, "bgr8", stamp, f.camera_frame))
+    return stamp
+
+
 def camera_info_msg(f):
     """The camera info of a bag frame."""
     return conversions.camera_info_msg(f.camera, f.stamp_ns, f.camera_frame)

@@ -64,6 +64,13 @@ def test_round_trip(tmp_path, images, storage, encoding):
         assert np.allclose(f.T_map_camera, T)
         assert np.allclose(f.T_odom_base[:3, 3], [f.index, 0, 0])
         assert np.allclose(f.T_base_camera[:3, 3], [0.1, 0, 1.0])
+    # every topic is offered reliable, so `ros2 bag play` reaches default (reliable) subscribers
+    from rosbags.rosbag2 import Reader
+    from rosbags.interfaces import QosReliability
+
+    with Reader(path) as raw:
+        assert raw.connections and all(q.reliability == QosReliability.RELIABLE
+                                       for c in raw.connections for q in c.ext.offered_qos_profiles)
 
 
 @pytest.mark.parametrize("model", sorted(CAMERAS))
@@ -147,3 +154,21 @@ def test_camera_refuses_absurd_models():
         Camera(640, 480, 400, 400, 320, 240, "fancy")
     with pytest.raises(CameraError, match="non-finite"):
         Camera(640, 480, float("nan"), 400, 320, 240)
+
+
+def test_camera_for_rectified_binned_and_cropped_images():
+    """image_rect: P, no distortion left; binning and a region of interest as image_geometry does."""
+    from types import SimpleNamespace
+
+    roi = SimpleNamespace(x_offset=0, y_offset=0, width=0, height=0)
+    msg = SimpleNamespace(width=640, height=480, distortion_model="plumb_bob", d=[-0.2, 0.05, 0.001, 0.0, 0.0],
+                          k=[400, 0, 321, 0, 402, 239, 0, 0, 1], p=[380, 0, 318, 0, 0, 381, 242, 0, 0, 0, 1, 0],
+                          binning_x=0, binning_y=0, roi=roi)
+    raw = Camera.from_camera_info(msg)
+    assert (raw.fx, raw.cx, raw.D[0]) == (400, 321, -0.2)
+    rect = Camera.from_camera_info(msg, rectified=True)
+    assert (rect.fx, rect.fy, rect.cx, rect.cy) == (380, 381, 318, 242) and not any(rect.D)
+    msg.binning_x = msg.binning_y = 2
+    msg.roi = SimpleNamespace(x_offset=100, y_offset=40, width=400, height=300)
+    small = Camera.from_camera_info(msg, rectified=True)
+    assert (small.width, small.height, small.fx, small.cx, small.cy) == (200, 150, 190, 109, 101)

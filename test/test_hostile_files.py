@@ -51,8 +51,8 @@ def _edit_manifest(d: Path, **changes) -> None:
 
 
 @pytest.fixture(scope="module")
-def good(fox_map):
-    return Path(fox_map.out)
+def good(small_map):
+    return Path(small_map.out)
 
 
 @pytest.mark.parametrize("case, error", [

@@ -1,5 +1,6 @@
-"""launch and launch_ros are not installable here: check the launch files, YAML and RViz config
-against the code instead, and start the node from the venv with the params file as a user would."""
+"""The launch files, params file and RViz config checked against the code (without the launch stack:
+test_launch.py runs them for real where it is installed), and the node started from the venv with the
+params file as a user would."""
 import ast
 import os
 import re
@@ -15,7 +16,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 
-from pram_ros.ros.localizer_node import PARAMETERS
+from pram_ros.ros.launching import localizer_overrides, namespaced_rviz_config, params_file_values
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,12 +49,23 @@ def test_launch_files_start_entry_points():
                 assert (package, executable) in {("rviz2", "rviz2"), ("tf2_ros", "static_transform_publisher")}
 
 
-def test_yaml_parameters_are_declared_by_the_node():
-    params = yaml.safe_load((ROOT / "config" / "localizer.yaml").read_text())["localizer"]["ros__parameters"]
-    assert set(params) <= set(PARAMETERS), set(params) - set(PARAMETERS)
-    for name, value in params.items():
-        default = PARAMETERS[name][0]
-        assert type(value) is type(default), (name, value, default)
+def test_launch_arguments_override_only_what_is_given():
+    yaml_path = ROOT / "config" / "localizer.yaml"
+    assert params_file_values(str(yaml_path), "localizer")["base_frame"] == "base_link"
+    args = {"base_frame": "base_footprint", "camera_frame": "", "use_sim_time": "true", "use_lifecycle_manager": "true",
+            "autostart": "", "planar": "true", "min_inliers": "45"}
+    assert localizer_overrides(args) == {"base_frame": "base_footprint", "use_sim_time": True, "autostart": False,
+                                         "planar": True, "min_inliers": 45}
+    assert localizer_overrides({"autostart": ""})["autostart"] is True  # no lifecycle manager: start by itself
+
+
+def test_rviz_config_follows_the_namespace():
+    path = str(ROOT / "config" / "pram.rviz")
+    assert namespaced_rviz_config(path, "") == path
+    cfg = yaml.safe_load(Path(namespaced_rviz_config(path, "/robot1")).read_text())
+    topics = [d["Topic"]["Value"] for d in cfg["Visualization Manager"]["Displays"] if "Topic" in d]
+    topics += [t["Topic"]["Value"] for t in cfg["Visualization Manager"]["Tools"] if "Topic" in t]
+    assert topics and all(t.startswith("/robot1/") for t in topics), topics
 
 
 def test_rviz_shows_topics_the_node_publishes():
@@ -66,12 +78,12 @@ def test_rviz_shows_topics_the_node_publishes():
         assert f'"{topic.lstrip("/")}"' in src
 
 
-def test_node_runs_from_the_venv_with_the_params_file(fox_map, domain_id, tmp_path):
+def test_node_runs_from_the_venv_with_the_params_file(small_map, domain_id, tmp_path):
     exe = shutil.which("localizer", path=str(Path(sys.executable).parent))
     assert exe, "the localizer entry point is not installed in the venv"
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     cmd = [exe, "--ros-args", "--params-file", str(ROOT / "config" / "localizer.yaml"),
-           "-p", f"map_path:={fox_map.out}", "-p", "autostart:=true"]
+           "-p", f"map_path:={small_map.out}", "-p", "autostart:=true"]
     proc = subprocess.Popen(cmd, env=env, stdout=open(tmp_path / "log", "w"), stderr=subprocess.STDOUT)
     ctx = Context()
     rclpy.init(context=ctx, domain_id=domain_id)
@@ -92,3 +104,20 @@ def test_node_runs_from_the_venv_with_the_params_file(fox_map, domain_id, tmp_pa
         ex.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=ctx)
+
+
+def test_package_xml_lists_what_the_code_uses_and_nothing_else():
+    deps = set(re.findall(r"<exec_depend>([\w-]+)</exec_depend>", (ROOT / "package.xml").read_text()))
+    imported = set()
+    for path in [*ROOT.glob("pram_ros/**/*.py"), *ROOT.glob("launch/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    ros = {m for m in imported if m.endswith(("_msgs", "_srvs", "_interfaces")) or
+           m in ("rclpy", "launch", "launch_ros", "ament_index_python", "bondpy")}
+    assert ros <= deps, ros - deps
+    started = {pkg for launch in (ROOT / "launch").glob("*.launch.py") for pkg, _ in _launch_nodes(launch)}
+    ros_deps = {d for d in deps if not d.startswith("python3-")}
+    assert ros_deps <= ros | started, ros_deps - ros - started  # nothing listed that nothing uses

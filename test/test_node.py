@@ -41,11 +41,11 @@ def test_lifecycle_transitions(harness, query_frames, demo_map):
     # the map's landmarks reach a late, transient-local subscriber
     h.peer.create_subscription(MarkerArray, "landmarks", h.markers.append, LATCHED)
     assert h.spin(lambda: h.markers) and len(h.markers[0].markers[0].points) == len(h.node.loc.points)
-    assert not h.node.active and not h.node._subs  # configured, not yet subscribed
+    assert not h.node.active and h.node._image_sub is None  # configured, not yet subscribed
     assert h.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-    assert h.node.active and h.node._subs
+    assert h.node.active and h.node._image_sub is not None
     assert h.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
-    assert not h.node.active and not h.node._subs
+    assert not h.node.active and h.node._image_sub is None
     assert h.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
     assert h.node.loc is None
 
@@ -185,6 +185,8 @@ def test_absurd_parameters_are_refused(domain_id):
     try:
         with pytest.raises((ValueError, InvalidParameterValueException), match="tf_publish_rate"):
             LocalizerNode(context=ctx, parameter_overrides=[Parameter("tf_publish_rate", value=-5.0)])
+        with pytest.raises(ValueError, match="camera_extrinsic needs 1 or 7 numbers, got 2"):
+            LocalizerNode(context=ctx, parameter_overrides=[Parameter("camera_extrinsic", value=[1.0, 2.0])])
     finally:
         rclpy.shutdown(context=ctx)
     h = Harness(domain_id, {})
@@ -192,7 +194,10 @@ def test_absurd_parameters_are_refused(domain_id):
         bad = h.node.set_parameters([Parameter("min_inliers", value=2), Parameter("tf_mode", value="sideways"),
                                      Parameter("camera_extrinsic", value=[1.0, 2.0])])
         assert not any(r.successful for r in bad)
-        assert "min_inliers" in bad[0].reason and "not one of" in bad[1].reason and "7 numbers" in bad[2].reason
+        assert "min_inliers" in bad[0].reason and "read-only" in bad[1].reason.lower() and \
+            "read-only" in bad[2].reason.lower()
+        bad = h.node.set_parameters([Parameter("image_transport", value="carrier-pigeon")])
+        assert not bad[0].successful and "not one of" in bad[0].reason
         assert h.node.p("min_inliers") == 30 and h.node.p("tf_mode") == "map_odom"
         assert h.node.set_parameters([Parameter("min_inliers", value=40)])[0].successful
     finally:

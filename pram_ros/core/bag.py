@@ -289,17 +289,17 @@ class BagWriter:
         ty = TYPESTORE.types
         if self.compressed:
             msg = ty[COMPRESSED_T](header=_header(ns, frame_id), **encode_compressed(image, self.compressed))
-            self.write_msg(self.topics.compressed, COMPRESSED_T, msg, ns, reliable=False)
+            self.write_msg(self.topics.compressed, COMPRESSED_T, msg, ns)
         else:
             msg = ty[IMAGE_T](header=_header(ns, frame_id), **encode_image(image, self.encoding))
-            self.write_msg(self.topics.image, IMAGE_T, msg, ns, reliable=False)
+            self.write_msg(self.topics.image, IMAGE_T, msg, ns)
         self.write_camera_info(ns, camera, frame_id)
 
     def write_compressed_bytes(self, ns: int, data: bytes, fmt: str, camera: Camera, frame_id: str) -> None:
         """Already-encoded jpeg/png bytes (no re-encoding) and the camera info."""
         msg = TYPESTORE.types[COMPRESSED_T](header=_header(ns, frame_id), format=fmt,
                                             data=np.frombuffer(data, dtype=np.uint8))
-        self.write_msg(self.topics.compressed, COMPRESSED_T, msg, ns, reliable=False)
+        self.write_msg(self.topics.compressed, COMPRESSED_T, msg, ns)
         self.write_camera_info(ns, camera, frame_id)
 
     def write_camera_info(self, ns: int, camera: Camera, frame_id: str) -> None:
@@ -309,7 +309,7 @@ class BagWriter:
         msg = ty[INFO_T](header=_header(ns, frame_id), height=f["height"], width=f["width"],
                          distortion_model=f["distortion_model"], d=f["d"], k=f["k"], r=f["r"], p=f["p"],
                          binning_x=0, binning_y=0, roi=roi)
-        self.write_msg(self.topics.camera_info, INFO_T, msg, ns, reliable=False)
+        self.write_msg(self.topics.camera_info, INFO_T, msg, ns)
 
     def write_pose(self, ns: int, T_map_camera: np.ndarray, map_frame: str = "map") -> None:
         ty = TYPESTORE.types

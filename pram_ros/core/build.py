@@ -21,6 +21,7 @@ from .geometry import invert, rotation_error_deg
 from .landmarks import (LandmarkConfig, Observations, choose_k, cluster, greedy_vrfs, medoid_descriptors,
                         vrf_points)
 from .map import Baseline, PramMap, recover_interrupted, save_map
+from .params import Spec, setting, specs, validate
 from .recognition import RecognizerConfig, Sample, TrainConfig, train
 from .sfm import SfmConfig, SfmInput, SfmResult, run_sfm
 
@@ -34,19 +35,36 @@ class BuildConfig:
     landmarks: LandmarkConfig = LandmarkConfig()
     recognizer: RecognizerConfig = RecognizerConfig()  # descriptor_dim and num_classes are set by the build
     train: TrainConfig = TrainConfig()
-    pose_source: str = "auto"  # auto | ground_truth | odometry | none
+    pose_source: str = setting("auto", "camera poses for SfM: auto | ground_truth | odometry | none",
+                               choices=("auto", "ground_truth", "odometry", "none"))
     keyframe_min_translation: float = 0.15  # map units; with poses
     keyframe_min_rotation_deg: float = 5.0
     keyframe_min_interval_s: float = 0.0  # without poses
-    max_images: int = 0  # 0 = all keyframes
-    augmentations: int = 2  # photometric/scale variants per map image for training
+    max_images: int = setting(0, "use at most this many keyframes (0: all)", range=(2, 1_000_000), zero_off=True)
+    augmentations: int = setting(2, "photometric/scale variants per map image for training", range=(0, 10))
     val_every: int = 10  # every N-th keyframe is held out to measure recognition accuracy
 
     def __post_init__(self) -> None:
-        if self.pose_source not in ("auto", "ground_truth", "odometry", "none"):
-            raise ValueError(f"pose_source must be auto, ground_truth, odometry or none, not {self.pose_source!r}")
-        if self.augmentations < 0 or self.augmentations > 10:
-            raise ValueError("augmentations must be in [0, 10]")
+        validate(self)
+
+
+def build_settings() -> dict[str, Spec]:
+    """The build settings a user sets (CLI options, map_builder parameters), flat, by their names there."""
+    f, t, lm, b = specs(FeatureConfig), specs(TrainConfig), specs(LandmarkConfig), specs(BuildConfig)
+    return {"features": f["name"].renamed("features"), **{k: f[k] for k in ("max_keypoints", "resize_max", "device",
+                                                                             "weights")},
+            "pose_source": b["pose_source"], "landmarks": lm["num_landmarks"].renamed("landmarks"),
+            "steps": t["steps"], "max_minutes": t["max_minutes"], "max_images": b["max_images"]}
+
+
+def build_config(values: dict[str, Any]) -> BuildConfig:
+    """A BuildConfig from `build_settings()` values (missing ones keep their defaults)."""
+    v = {name: s.default for name, s in build_settings().items()} | values
+    return BuildConfig(
+        features=FeatureConfig(v["features"], v["max_keypoints"], v["resize_max"], v["device"], v["weights"]),
+        landmarks=LandmarkConfig(num_landmarks=v["landmarks"]),
+        train=TrainConfig(steps=v["steps"], max_minutes=v["max_minutes"]),
+        pose_source=v["pose_source"], max_images=v["max_images"])
 
 
 @dataclass

@@ -58,17 +58,29 @@ class Camera:
         return self.width, self.height
 
     @classmethod
-    def from_camera_info(cls, msg: Any) -> "Camera":
-        """From a sensor_msgs/CameraInfo (an rclpy or a rosbags message)."""
+    def from_camera_info(cls, msg: Any, rectified: bool = False) -> "Camera":
+        """The camera of the images a sensor_msgs/CameraInfo describes (an rclpy or a rosbags message).
+
+        Raw images: K and D. Rectified images (image_rect): P, with no distortion left. Binning
+        and a region of interest (the image is that crop of the full sensor) apply to both."""
         K = np.asarray(msg.k, dtype=float).reshape(-1)
         D = np.asarray(msg.d, dtype=float).reshape(-1)
         model = msg.distortion_model or "plumb_bob"
+        if rectified:
+            P = np.asarray(msg.p, dtype=float).reshape(-1)
+            if P.size != 12:
+                raise CameraError(f"CameraInfo.p has {P.size} values, expected 12 (rectified images)")
+            K, D, model = P.reshape(3, 4)[:, :3].reshape(-1), np.zeros(5), "plumb_bob"
         if K.size != 9:
             raise CameraError(f"CameraInfo.k has {K.size} values, expected 9")
         if not D.size and model == "plumb_bob":
             D = np.zeros(5)
-        return cls(int(msg.width), int(msg.height), float(K[0]), float(K[4]), float(K[2]), float(K[5]),
-                   model, tuple(float(x) for x in D))
+        bx, by = max(int(msg.binning_x), 1), max(int(msg.binning_y), 1)
+        roi = msg.roi
+        x0, y0 = (roi.x_offset, roi.y_offset) if roi.width and roi.height else (0, 0)
+        w, h = (roi.width, roi.height) if roi.width and roi.height else (msg.width, msg.height)
+        return cls(int(w) // bx, int(h) // by, float(K[0]) / bx, float(K[4]) / by, (float(K[2]) - x0) / bx,
+                   (float(K[5]) - y0) / by, model, tuple(float(x) for x in D))
 
     def camera_info_fields(self) -> dict[str, Any]:
         """The CameraInfo fields (k, d, p, r, distortion_model, width, height) of this camera."""

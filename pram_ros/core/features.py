@@ -18,27 +18,24 @@ import torch
 import torch.nn.functional as F
 
 from .images import to_gray
+from .params import DEVICE_PATTERN, setting, validate
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
     """Which extractor, how many keypoints, at what image size, on which device."""
 
-    name: str = "xfeat"
-    max_keypoints: int = 1024
-    resize_max: int = 640  # longest image side fed to the detector; 0 keeps the size
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    weights: str = ""  # superpoint only: path of a MagicLeap-format state dict
+    name: str = setting("xfeat", "keypoint detector and descriptor", choices=("xfeat", "sift", "superpoint"))
+    max_keypoints: int = setting(1024, "keypoints per image", range=(16, 16384))
+    resize_max: int = setting(640, "longest image side fed to the detector (0: keep the size)",
+                              range=(64, 8192), zero_off=True)
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N", pattern=DEVICE_PATTERN)
+    weights: str = setting("", "superpoint only: weights file in the MagicLeap superpoint_v1.pth layout")
     detection_threshold: float = 0.0  # 0 = the extractor's default
     half: bool = False  # fp16 autocast on CUDA (ignored on the CPU); bench/gpu_check.py measures its effect
 
     def __post_init__(self) -> None:
-        if self.name not in EXTRACTORS:
-            raise ValueError(f"unknown features {self.name!r}; available: {sorted(EXTRACTORS)}")
-        if not 16 <= self.max_keypoints <= 16384:
-            raise ValueError(f"max_keypoints must be in [16, 16384], got {self.max_keypoints}")
-        if self.resize_max and not 64 <= self.resize_max <= 8192:
-            raise ValueError(f"resize_max must be 0 or in [64, 8192], got {self.resize_max}")
+        validate(self)
 
     def identity(self) -> dict:
         """What must match between a map and the localizer using it."""

@@ -77,3 +77,22 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0,
 # base_link (x forward, y left, z up) -> optical frame (z forward, x right, y down):
 # the usual camera_link -> camera_optical_frame rotation (roll -pi/2, yaw -pi/2).
 R_BASE_OPTICAL = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+
+
+def planar_pose(T_map_base: np.ndarray, T_odom_base: np.ndarray | None) -> np.ndarray:
+    """The base pose with map -> odom held to x, y and yaw (a ground robot, as AMCL models it):
+    z, roll and pitch then come from odometry (level at z = 0 without any)."""
+    T_ob = np.eye(4) if T_odom_base is None else T_odom_base
+    T_mo = T_map_base @ invert(T_ob)
+    yaw = np.arctan2(T_mo[1, 0], T_mo[0, 0])
+    c, s = np.cos(yaw), np.sin(yaw)
+    return make_T(np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]), [T_mo[0, 3], T_mo[1, 3], 0.0]) @ T_ob
+
+
+def planar_covariance(cov: np.ndarray) -> np.ndarray:
+    """The (x, y, z, rot x, rot y, rot z) covariance of a planar fix: only x, y and yaw are
+    estimated (the marginal block); z, roll and pitch rows are zero, as AMCL publishes them."""
+    out = np.zeros((6, 6))
+    keep = np.ix_([0, 1, 5], [0, 1, 5])
+    out[keep] = np.asarray(cov)[keep]
+    return out

@@ -7,10 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.cluster import Birch
 
+from .params import setting, validate
+
 
 @dataclass(frozen=True)
 class LandmarkConfig:
-    num_landmarks: int = 0  # 0: chosen from the map's size (see choose_k)
+    num_landmarks: int = setting(0, "number of landmarks K (0: chosen from the map's size)", range=(1, 512),
+                                 zero_off=True)
     min_track: int = 3  # points seen in fewer images are not landmarks' points
     points_per_landmark: int = 400  # the adaptive rule's target
     min_landmarks: int = 8
@@ -19,6 +22,9 @@ class LandmarkConfig:
     vrf_min_gain: float = 0.01  # or when an image adds less than this share,
     max_vrfs: int = 10  # or at this many images
     sparsify_radius_px: float = 15.0
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass

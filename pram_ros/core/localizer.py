@@ -27,6 +27,7 @@ from .map import MapError, PramMap, load_map
 from .recognition import Recognizer, RecognizerConfig, normalize_keypoints
 from .registration import PoseEstimate, RegistrationConfig, check, covariance, estimate_pose
 from .matching import MatchConfig, mutual_nn
+from .params import DEVICE_PATTERN, setting, validate
 
 log = logging.getLogger(__name__)
 CUDA_ERRORS = (torch.cuda.OutOfMemoryError, torch.AcceleratorError)
@@ -35,33 +36,28 @@ METHODS = ("pram", "exhaustive")
 
 @dataclass(frozen=True)
 class LocalizerConfig:
-    method: str = "pram"
-    device: str = "auto"
-    half: bool = False  # fp16 autocast for the networks on CUDA
+    method: str = setting("pram", "pram (recognition, then landmark-wise PnP) | exhaustive (the baseline)",
+                          choices=METHODS)
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N", pattern=DEVICE_PATTERN)
+    half: bool = setting(False, "fp16 autocast for the networks on CUDA (no effect on the CPU)")
     match: MatchConfig = MatchConfig(ratio=0.9, min_similarity=0.5)
     registration: RegistrationConfig = RegistrationConfig()
-    recognition_keypoints: int = 768  # the recognizer sees the strongest this many (detector score; 0: all);
+    recognition_keypoints: int = setting(768, "the recognizer sees the strongest this many keypoints (0: all)",
+                                         range=(16, 16384), zero_off=True)
     # the rest count as background when ranking landmarks, and every keypoint is matched in refinement
-    no_landmark_prob: float = 0.95  # drop keypoints this sure to be background...
+    no_landmark_prob: float = setting(0.95, "drop keypoints this sure to be background...", range=(0.5, 1.0))
     max_prefilter_drop: float = 0.6  # ...unless that removes more than this share
-    max_landmarks: int = 24  # candidates tried in rank order...
+    max_landmarks: int = setting(24, "landmark candidates tried in rank order", range=(1, 512))
     landmarks_per_attempt: int = 3  # ...this many at a time (their points matched jointly)
     ranking: str = "soft"  # soft (summed probabilities) | votes (first, then second choices)
     min_labelled: int = 40  # fewer keypoints voting for a landmark: match all keypoints instead
     refine_radii_px: tuple[float, ...] = (24.0, 8.0)  # refinement passes, coarse to fine
-    tracking: bool = True
+    tracking: bool = setting(True, "track between frames; fall back to recognition")
     track_radius_px: float = 60.0  # first tracking pass: how far from its projection from the last pose a
     # point may be seen (the node processes a few frames a second on a CPU: the image moves tens of px)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
-        if not 0.5 <= self.no_landmark_prob <= 1.0:
-            raise ValueError("no_landmark_prob must be in [0.5, 1]")
-        if not 1 <= self.max_landmarks <= 512:
-            raise ValueError("max_landmarks must be in [1, 512]")
-        if not (self.recognition_keypoints == 0 or 16 <= self.recognition_keypoints <= 16384):
-            raise ValueError("recognition_keypoints must be 0 (all) or in [16, 16384]")
+        validate(self)
 
 
 @dataclass
@@ -110,6 +106,8 @@ class Localizer:
                                 np.zeros(0, np.int64) for vs in self.vrfs_of]
         self.last_T_camera_map: np.ndarray | None = None
         self.prior_T_map_camera: np.ndarray | None = None
+        self.prior_position_cov: np.ndarray | None = None
+        self.vrf_centers = m.frame_T[m.vrf_frame][:, :3, 3]  # where each VRF's landmark was seen from
 
     def _place_networks(self, device: str) -> None:
         """Build the extractor and recognizer, and put the map's descriptors, on `device`."""
@@ -127,12 +125,14 @@ class Localizer:
     def reset(self) -> None:
         """Forget the track: the next image is recognized from scratch."""
         self.last_T_camera_map = None
-        self.prior_T_map_camera = None
+        self.prior_T_map_camera = self.prior_position_cov = None
 
-    def set_prior(self, T_map_camera: np.ndarray | None) -> None:
+    def set_prior(self, T_map_camera: np.ndarray | None, position_cov: np.ndarray | None = None) -> None:
         """An external initial pose (e.g. /initialpose) for the next frame only: tracking starts from
-        it, and recognition is restricted to the landmarks visible from it."""
+        it, and recognition tries first the landmarks seen from it or from anywhere within 3 sigma
+        of its position (`position_cov`, 3x3 in the map frame), then the others."""
         self.prior_T_map_camera = T_map_camera
+        self.prior_position_cov = position_cov
         self.last_T_camera_map = None
 
     def warm_up(self, camera: Camera) -> None:
@@ -179,7 +179,8 @@ class Localizer:
                 res = self._recognize_and_register(feats, kp, camera, times)
         res.num_keypoints = len(kp)
         res.keypoints = kp
-        self.prior_T_map_camera = None  # a prior is used for one frame: a wrong one cannot hold the node
+        self.prior_T_map_camera = self.prior_position_cov = None  # a prior is used for one frame: a wrong
+        # one cannot hold the node
         if res.success:
             res.covariance = covariance(res.T_map_camera, res.inlier_uv, res.inlier_xyz, camera, T_camera_body)
             self.last_T_camera_map = res.T_camera_map
@@ -243,8 +244,17 @@ class Localizer:
         return np.flatnonzero(front & (uv[:, 0] >= -margin) & (uv[:, 1] >= -margin) &
                               (uv[:, 0] < camera.width + margin) & (uv[:, 1] < camera.height + margin))
 
-    def _visible_landmarks(self, T_map_camera: np.ndarray, camera: Camera) -> set[int]:
-        return set(np.unique(self.map.labels[self._points_in_view(invert(T_map_camera), camera)]).tolist())
+    def _near_prior(self, camera: Camera) -> set[int]:
+        """Landmarks in view from the prior pose, and those whose VRFs were taken from within its
+        3-sigma position ellipse."""
+        T = self.prior_T_map_camera
+        near = set(np.unique(self.map.labels[self._points_in_view(invert(T), camera)]).tolist())
+        cov = self.prior_position_cov
+        if cov is not None and np.all(np.isfinite(cov)) and np.trace(cov) > 0:
+            d = self.vrf_centers - T[:3, 3]
+            m2 = np.einsum("ni,ij,nj->n", d, np.linalg.pinv(cov), d)
+            near |= set(self.map.vrf_landmark[m2 <= 9.0].tolist())
+        return near
 
     def _recognize_and_register(self, feats: Features, kp: np.ndarray, camera: Camera,
                                 times: dict[str, float]) -> LocalizationResult:
@@ -254,8 +264,8 @@ class Localizer:
         labels = np.zeros(len(kp), np.int64)
         labels[keep] = top2[keep, 0]
         if self.prior_T_map_camera is not None:
-            visible = self._visible_landmarks(self.prior_T_map_camera, camera)
-            ranked = [lm for lm in ranked if lm in visible]
+            near = self._near_prior(camera)
+            ranked = [lm for lm in ranked if lm in near] + [lm for lm in ranked if lm not in near]
         res = LocalizationResult(False, "recognition", "no landmark recognized", keypoint_landmarks=labels,
                                  landmarks=ranked[: self.conf.max_landmarks])
         best_reason = res.reason

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .params import setting, validate
+
 log = logging.getLogger(__name__)
 
 
@@ -112,12 +114,17 @@ class TrainConfig:
     keypoints_per_sample: int = 512
     labelled_share: float = 0.7  # at most this share of a sample's keypoints carry a landmark label
     batch_size: int = 8
-    steps: int = 400  # optimizer steps, whatever the map's size and the machine's load: they decide the map
-    max_minutes: float = 60.0  # safety cap only (0: none); a map it stops is less trained, and says so
+    steps: int = setting(400, "recognizer training steps: they decide the map, whatever the machine's load",
+                         range=(1, 1_000_000))
+    max_minutes: float = setting(60.0, "safety cap on training time [min] (0: none); a map it stops says so",
+                                 range=(0.001, 10_000.0), zero_off=True)
     lr: float = 1e-3
     final_lr_ratio: float = 0.05  # exponential decay to this share of lr at the last step
     weight_no_landmark: float = 0.1
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass

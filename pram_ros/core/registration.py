@@ -10,6 +10,7 @@ from scipy.spatial.transform import Rotation
 
 from .camera import Camera
 from .geometry import invert, make_T
+from .params import setting, validate
 
 MIN_POSITION_VAR = 1e-4  # 1 cm^2
 MIN_ROTATION_VAR = np.radians(1.0) ** 2  # (1 deg)^2
@@ -17,8 +18,8 @@ MIN_ROTATION_VAR = np.radians(1.0) ** 2  # (1 deg)^2
 
 @dataclass(frozen=True)
 class RegistrationConfig:
-    ransac_thresh_px: float = 8.0
-    min_inliers: int = 30
+    ransac_thresh_px: float = setting(8.0, "PnP RANSAC threshold [px]", range=(0.5, 100.0))
+    min_inliers: int = setting(30, "inliers needed to accept a pose", range=(6, 10000))
     min_candidate_inliers: int = 12  # a candidate this weak may still be confirmed by the map points in view
     min_inlier_ratio: float = 0.15
     min_spread: float = 0.04  # inliers' std along their weaker image axis, as a share of the image size
@@ -27,10 +28,7 @@ class RegistrationConfig:
     max_covariance_position_m2: float = 1.0  # refuse fixes whose position variance exceeds this
 
     def __post_init__(self) -> None:
-        if not 0.5 <= self.ransac_thresh_px <= 100:
-            raise ValueError(f"ransac_thresh_px must be in [0.5, 100], got {self.ransac_thresh_px}")
-        if not 6 <= self.min_inliers <= 10000:
-            raise ValueError(f"min_inliers must be in [6, 10000], got {self.min_inliers}")
+        validate(self)
 
 
 @dataclass

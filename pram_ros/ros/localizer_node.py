@@ -6,64 +6,42 @@ processes the newest one and older ones are dropped, so latency and memory stay 
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from std_srvs.srv import SetBool, Trigger
+from std_srvs.srv import Empty, SetBool, Trigger
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..core.camera import Camera, CameraError
-from ..core.geometry import T_from_pose, invert
+from ..core.geometry import T_from_pose, invert, planar_covariance, planar_pose
 from ..core.images import ImageError, decode_compressed, decode_image
 from ..core.localizer import Localizer, LocalizerConfig
 from ..core.map import MapError
+from ..core.params import problems
 from ..core.registration import RegistrationConfig
 from ..core.tf import TfBuffer, TfError
 from . import run_node
 from .conversions import image_to_msg, ns_to_time, pose_msgs, pose_to_T, time_to_ns, transform_msg, transform_to_T
+from .params import LOCALIZER_PARAMETERS as PARAMETERS
+from .params import RUNTIME, declare
 
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+TF_STATIC = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
 
 MAP_ERRORS = (MapError, ValueError, OSError, RuntimeError)  # what loading a map can raise
-
-# name: (default, description, range (lo, hi) or choices)
-PARAMETERS: dict[str, tuple] = {
-    "map_path": ("", "map directory built by pram-ros build-map", None),
-    "device": ("auto", "auto | cpu | cuda | cuda:N", None),
-    "fp16": (False, "fp16 autocast for the networks on CUDA (no effect on the CPU)", None),
-    "map_frame": ("map", "global frame of the map", None),
-    "odom_frame": ("odom", "odometry frame (REP-105)", None),
-    "base_frame": ("base_link", "robot body frame", None),
-    "camera_frame": ("", "camera optical frame; empty: the image header's frame_id", None),
-    "publish_tf": (True, "publish map->odom (or map->base_link)", None),
-    "tf_mode": ("map_odom", "map_odom | map_base", ("map_odom", "map_base")),
-    "tf_publish_rate": (20.0, "re-send the latest map transform at this rate [Hz]", (0.1, 200.0)),
-    "transform_tolerance": (0.5, "post-date published transforms by this much [s]", (0.0, 10.0)),
-    "max_rate_hz": (0.0, "process at most this many frames per second (0: as fast as possible)", (0.0, 100.0)),
-    "use_tracking": (True, "track between frames; fall back to recognition", None),
-    "ransac_thresh_px": (8.0, "PnP RANSAC threshold [px]", (0.5, 100.0)),
-    "min_inliers": (30, "inliers needed to accept a pose", (6, 10000)),
-    "image_transport": ("raw", "raw | compressed", ("raw", "compressed")),
-    "image_reliability": ("best_effort", "image QoS: best_effort (sensor data) | reliable (lossless replays)",
-                          ("best_effort", "reliable")),
-    "require_extrinsic": (True, "wait for base_frame -> camera on /tf_static (else the camera is the body)", None),
-    "camera_extrinsic": ([0.0], "static base_frame -> camera [x y z qx qy qz qw]; [0.0]: from /tf_static", None),
-    "future_stamp_tolerance_s": (5.0, "drop images stamped further ahead of the node clock [s]", (0.0, 3600.0)),
-    "stale_fix_s": (5.0, "diagnostics warn when the last fix is older than this [s]", (0.1, 3600.0)),
-    "publish_debug_image": (True, "publish debug/image", None),
-    "autostart": (False, "configure and activate on start-up, without a lifecycle manager", None),
-}
-
+RELOAD = ("map_path", "device", "fp16")  # parameters that need the map and networks loaded again
+BOND_TIMEOUT_S = 4.0  # Nav2's lifecycle manager default (bond_timeout)
 
 @dataclass
 class Stats:
@@ -85,22 +63,15 @@ class Stats:
 class LocalizerNode(LifecycleNode):
     def __init__(self, node_name: str = "localizer", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        for name, (default, desc, rng) in PARAMETERS.items():
-            d = ParameterDescriptor(description=desc)
-            if isinstance(rng, tuple) and len(rng) == 2 and all(isinstance(x, (int, float)) for x in rng):
-                if isinstance(default, float):
-                    d.floating_point_range = [FloatingPointRange(from_value=float(rng[0]), to_value=float(rng[1]))]
-                else:
-                    d.integer_range = [IntegerRange(from_value=int(rng[0]), to_value=int(rng[1]), step=1)]
-            elif rng:
-                d.additional_constraints = f"one of {', '.join(rng)}"
-            self.declare_parameter(name, default, d)
-        self.add_on_set_parameters_callback(self._check_parameters)
+        declare(self, PARAMETERS, RUNTIME)
         self._check_or_raise()
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
         self.loc: Localizer | None = None
         self.tf = TfBuffer(cache_ns=30_000_000_000)
         self.tf_lock = threading.Lock()
         self.camera: Camera | None = None
+        self._camera_info: CameraInfo | None = None
         self.stats = Stats()
         self.active = False
         self._slot: tuple | None = None
@@ -108,9 +79,12 @@ class LocalizerNode(LifecycleNode):
         self._worker: threading.Thread | None = None
         self._frame_issue: tuple[bytes, str] | None = None  # what stopped the worker's current frame
         self._stop = False
-        self._latest_map_tf: tuple[str, str, np.ndarray] | None = None
-        self._subs: list = []
-        self._timers: list = []
+        self._latest_map_tf: tuple[str, np.ndarray] | None = None  # (child frame, T_map_child)
+        self._image_sub = None
+        self._tf_timer = None
+        self._served: dict = {}  # the RELOAD parameters of the map being served
+        self._reload: threading.Thread | None = None
+        self._bond = None
         # Publishers and always-on inputs exist from construction: TF and camera info are needed
         # before activation, and diagnostics report an unconfigured node too.
         self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "pose", LATCHED)
@@ -120,10 +94,11 @@ class LocalizerNode(LifecycleNode):
         self.pub_debug = self.create_publisher(Image, "debug/image", 2)
         self.pub_landmarks = self.create_publisher(MarkerArray, "landmarks", LATCHED)
         self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), 100)
-        self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True), LATCHED)
+        self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True), TF_STATIC)
         self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data)
-        self.create_subscription(PoseWithCovarianceStamped, "/initialpose", self._on_initialpose, 5)
+        self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initialpose, 5)
         self.create_service(Trigger, "relocalize", self._srv_relocalize)
+        self.create_service(Empty, "reinitialize_global_localization", self._srv_reinitialize)
         self.create_service(SetBool, "set_tracking", self._srv_set_tracking)
         self.create_timer(1.0, self._publish_diagnostics)
         if self.p("autostart"):
@@ -134,44 +109,63 @@ class LocalizerNode(LifecycleNode):
     def p(self, name: str):
         return self.get_parameter(name).value
 
-    @staticmethod
-    def _problems(values: dict) -> list[str]:
-        out = []
-        for name, value in values.items():
-            if name not in PARAMETERS:
-                continue
-            _, _, rng = PARAMETERS[name]
-            if isinstance(rng, tuple) and len(rng) == 2 and all(isinstance(x, (int, float)) for x in rng):
-                if not (rng[0] <= value <= rng[1]):
-                    out.append(f"{name}={value} outside [{rng[0]}, {rng[1]}]")
-            elif rng and value not in rng:
-                out.append(f"{name}={value!r} not one of {rng}")
-            if name == "camera_extrinsic" and list(value) != [0.0] and len(value) != 7:
-                out.append("camera_extrinsic needs 7 numbers [x y z qx qy qz qw]")
-            if name == "device" and not (value in ("auto", "cpu") or str(value).startswith("cuda")):
-                out.append(f"device={value!r} is not auto, cpu or cuda[:N]")
-        return out
+    def _check_or_raise(self) -> None:
+        found = problems(PARAMETERS, {n: self.p(n) for n in PARAMETERS})
+        if found:
+            raise ValueError("invalid parameters: " + "; ".join(found))
 
     def _check_parameters(self, params) -> SetParametersResult:
-        problems = self._problems({p.name: p.value for p in params})
-        new_map = next((p.value for p in params if p.name == "map_path" and p.value != self.p("map_path")), None)
-        if not problems and new_map is not None and self.loc is not None:
-            problems = self._reload_map(new_map)
-        return SetParametersResult(successful=not problems, reason="; ".join(problems))
+        found = problems(PARAMETERS, {p.name: p.value for p in params})
+        return SetParametersResult(successful=not found, reason="; ".join(found))
 
-    def _reload_map(self, path: str) -> list[str]:
-        """Swap in another map while configured; on failure the old map keeps serving."""
+    def _apply_parameters(self, params) -> None:
+        """Runtime parameters take effect here (the others are read-only, or read at each use)."""
+        names = {p.name for p in params}
+        if self.loc is not None and names & {"use_tracking", "ransac_thresh_px", "min_inliers"}:
+            self.loc.conf = self._localizer_config(self.loc.conf)
+        if self.loc is not None and names & set(RELOAD):
+            self._start_reload()
+        if self.active and names & {"image_transport", "image_reliability"}:
+            self._subscribe_images()
+        if self.active and "tf_publish_rate" in names:
+            self._start_tf_timer()
+
+    def _localizer_config(self, base: LocalizerConfig = LocalizerConfig()) -> LocalizerConfig:
+        return replace(base, device=self.p("device"), half=self.p("fp16"), tracking=self.p("use_tracking"),
+                       registration=replace(base.registration, ransac_thresh_px=self.p("ransac_thresh_px"),
+                                            min_inliers=self.p("min_inliers")))
+
+    def _start_reload(self) -> None:
+        """Load the map (and networks) the parameters now name, off the executor thread, so the
+        map transform keeps being re-sent meanwhile; the old map serves until the new one is ready."""
+        wanted = {n: self.p(n) for n in RELOAD}
+        if wanted == self._served or (self._reload is not None and self._reload.is_alive()
+                                      and wanted == self._reload.wanted):
+            return
+        self.wait_for_reload()
+        self._reload = threading.Thread(target=self._do_reload, args=(wanted,), daemon=True)
+        self._reload.wanted = wanted
+        self._reload.start()
+
+    def wait_for_reload(self, timeout: float | None = None) -> None:
+        """Block until a map reload in progress has finished (tests, shutdown)."""
+        if self._reload is not None:
+            self._reload.join(timeout)
+
+    def _do_reload(self, wanted: dict) -> None:
         try:
-            loc = self._open_map(path, self.loc.conf)
+            loc = self._open_map(wanted["map_path"], self._localizer_config())
         except MAP_ERRORS as exc:
-            text = f"map reload failed, still serving {self.p('map_path')}: {exc}"
-            self._error(text)
-            return [text]
-        self.loc = loc
+            self._error(f"map reload failed, still serving {self._served.get('map_path')}: {exc}")
+            # the parameters name what is served again (this re-set starts no reload)
+            self.set_parameters([rclpy.parameter.Parameter(n, value=v) for n, v in self._served.items()
+                                 if self.p(n) != v])
+            return
+        self.loc, self._served = loc, wanted
         self._latest_map_tf = None
-        self.get_logger().info(f"map reloaded: {path}, {loc.map.num_landmarks} landmarks")
+        self.get_logger().info(f"map reloaded: {wanted['map_path']}, {loc.map.num_landmarks} landmarks on "
+                               f"{loc.device}")
         self.pub_landmarks.publish(self._landmark_markers())
-        return []
 
     @staticmethod
     def _open_map(path: str, conf: LocalizerConfig) -> Localizer:
@@ -181,11 +175,6 @@ class LocalizerNode(LifecycleNode):
         loc = Localizer(path, conf)
         loc.warm_up(loc.map.cameras[0])
         return loc
-
-    def _check_or_raise(self) -> None:
-        problems = self._problems({n: self.p(n) for n in PARAMETERS})
-        if problems:
-            raise ValueError("invalid parameters: " + "; ".join(problems))
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -198,15 +187,14 @@ class LocalizerNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         path = self.p("map_path")
-        conf = LocalizerConfig(device=self.p("device"), half=self.p("fp16"), tracking=self.p("use_tracking"),
-                               registration=RegistrationConfig(self.p("ransac_thresh_px"), self.p("min_inliers")))
         try:
-            self.loc = self._open_map(path, conf)
+            self.loc = self._open_map(path, self._localizer_config())
         except MAP_ERRORS as exc:
             self.get_logger().error(f"cannot load map {path!r}: {exc}")
             self.stats.last_error = f"map: {exc}"
             self.loc = None
             return TransitionCallbackReturn.FAILURE
+        self._served = {n: self.p(n) for n in RELOAD}
         self.get_logger().info(f"map {path}: {len(self.loc.points)} points, {self.loc.map.num_landmarks} landmarks, "
                                f"features {self.loc.map.features['name']} on {self.loc.device}")
         self.pub_landmarks.publish(self._landmark_markers())
@@ -216,36 +204,95 @@ class LocalizerNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._subscribe_images()
+        self._start_tf_timer()
+        self.active = True
+        self._drop_bond()
+        self._form_bond()
+        return super().on_activate(state)
+
+    def _subscribe_images(self) -> None:
+        """(Re)subscribe to the images with the transport and reliability the parameters name."""
+        if self._image_sub is not None:
+            self.destroy_subscription(self._image_sub)
         qos = qos_profile_sensor_data if self.p("image_reliability") == "best_effort" else \
             QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
         if self.p("image_transport") == "compressed":
-            self._subs.append(self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos))
+            self._image_sub = self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
         else:
-            self._subs.append(self.create_subscription(Image, "image", self._on_image, qos))
-        self._timers.append(self.create_timer(1.0 / self.p("tf_publish_rate"), self._resend_tf))
-        self.active = True
-        return super().on_activate(state)
+            self._image_sub = self.create_subscription(Image, "image", self._on_image, qos)
+
+    def _start_tf_timer(self) -> None:
+        if self._tf_timer is not None:
+            self.destroy_timer(self._tf_timer)
+        self._tf_timer = self.create_timer(1.0 / self.p("tf_publish_rate"), self._resend_tf)
+
+    def _form_bond(self) -> None:
+        """A bond with Nav2's lifecycle manager (topic `bond`, id = node name), as nav2_util nodes
+        form one on activation; the manager aborts bring-up without it."""
+        period = self.p("bond_heartbeat_period")
+        if period <= 0 or self._bond is not None:
+            return
+        try:
+            from bondpy.bondpy import Bond
+        except ImportError:
+            self.get_logger().info("bondpy is not installed: no bond with a lifecycle manager")
+            return
+        self._bond = Bond(self, "bond", self.get_name())
+        self._bond.heartbeat_period = period
+        self._bond.heartbeat_timeout = BOND_TIMEOUT_S
+        self._bond.start()
+
+    def _release_bond(self) -> None:
+        """End the bond on purpose: the manager sees a deliberate end, not a crash."""
+        if self._bond is not None and not self._bond.is_broken() and self.context.ok():
+            self._bond.break_bond()
+
+    def _drop_bond(self) -> None:
+        """Remove a released bond's topic endpoints (kept until now so its last word got out).
+
+        Not with Bond.shutdown(): bondpy 4.0 destroys its subscription behind the node's back, and
+        the executor then fails on the dead handle. So: stop its thread and timers, and let the node
+        destroy the endpoints."""
+        b, self._bond = self._bond, None
+        if b is None:
+            return
+        with b.lock:
+            b.is_shutdown = True  # its publishing thread ends; its __del__ does nothing more
+            b.condition.notify_all()
+        for timer in (b.connect_timer, b.heartbeat_timer, b.disconnect_timer):
+            timer.cancel()
+        if getattr(b, "sub", None) is not None:
+            self.destroy_subscription(b.sub)
+        self.destroy_publisher(b.pub)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.active = False
-        for s in self._subs:
-            self.destroy_subscription(s)
-        for t in self._timers:
-            self.destroy_timer(t)
-        self._subs, self._timers = [], []
+        self._release_bond()
+        for attr, destroy in (("_image_sub", self.destroy_subscription), ("_tf_timer", self.destroy_timer)):
+            if getattr(self, attr) is not None:
+                destroy(getattr(self, attr))
+                setattr(self, attr, None)
         with self._cv:
             self._slot = None
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_bond()
+        self._drop_bond()
         self._stop_worker()
+        self.wait_for_reload()
         self.loc = None
+        self._served = {}
         self._latest_map_tf = None
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.active = False
+        self._release_bond()
+        self._drop_bond()
         self._stop_worker()
+        self.wait_for_reload()
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_worker(self) -> None:
@@ -272,9 +319,18 @@ class LocalizerNode(LifecycleNode):
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
-            self.camera = Camera.from_camera_info(msg)
+            self.camera = Camera.from_camera_info(msg, rectified=self._rectified())
         except (CameraError, ValueError) as exc:
             self._error(f"camera info rejected: {exc}")
+
+    def _rectified(self) -> bool:
+        """Whether images come rectified (image_rect, image_rect_color...): then camera_info's P
+        is their camera, with no distortion left to remove."""
+        mode = self.p("rectified")
+        if mode != "auto":
+            return mode == "always"
+        topic = "image/compressed" if self.p("image_transport") == "compressed" else "image"
+        return re.search(r"(^|/)image_rect", self.resolve_topic_name(topic)) is not None
 
     def _on_image(self, msg) -> None:
         self.stats.received += 1
@@ -285,23 +341,62 @@ class LocalizerNode(LifecycleNode):
             self._cv.notify()
 
     def _on_initialpose(self, msg: PoseWithCovarianceStamped) -> None:
+        """A base pose guess (RViz's 2D Pose Estimate, a BT), in any frame TF connects to the map.
+        Its position covariance widens the search: landmarks seen from within 3 sigma go first."""
         if self.loc is None:
             return
-        T_map_base = pose_to_T(msg.pose.pose)
+        frame = msg.header.frame_id.lstrip("/") or self.p("map_frame")
+        T_map_frame = self._map_from(frame, time_to_ns(msg.header.stamp))
+        if T_map_frame is None:
+            self._error(f"initial pose in frame {frame!r} refused: no transform {self.p('map_frame')} -> {frame}",
+                        level=DiagnosticStatus.WARN)
+            return
+        T_map_base = T_map_frame @ pose_to_T(msg.pose.pose)
+        cov = np.array(msg.pose.covariance, float).reshape(6, 6)[:3, :3]
+        cov = T_map_frame[:3, :3] @ cov @ T_map_frame[:3, :3].T
         T_base_cam = self._extrinsic(self.p("camera_frame") or self._last_camera_frame())
-        self.loc.set_prior(T_map_base @ (T_base_cam if T_base_cam is not None else np.eye(4)))
-        self.get_logger().info("initial pose received: the next frame starts from it")
+        self.loc.set_prior(T_map_base @ (T_base_cam if T_base_cam is not None else np.eye(4)), cov)
+        self.get_logger().info(f"initial pose received in {frame!r}: the next frame starts from it")
+
+    def _map_from(self, frame: str, stamp: int) -> np.ndarray | None:
+        """T_map_frame: identity for the map itself, else through this node's own map -> odom
+        (or map -> base) and the TF tree below it; None when they do not connect."""
+        if frame == self.p("map_frame"):
+            return np.eye(4)
+        if self._latest_map_tf is None:
+            return None
+        child, T_map_child = self._latest_map_tf
+        T_child_frame = np.eye(4) if frame == child else self._lookup(child, frame, stamp)
+        return None if T_child_frame is None else T_map_child @ T_child_frame
+
+    def _lookup(self, target: str, source: str, stamp: int) -> np.ndarray | None:
+        """T_target_source at `stamp`, else at the newest time the source frame is known; None when
+        TF does not connect them."""
+        with self.tf_lock:
+            for t in (stamp, self.tf.latest_stamp(source)):
+                if t is not None:
+                    try:
+                        return self.tf.lookup(target, source, t)
+                    except TfError:
+                        pass
+        return None
 
     def _srv_relocalize(self, req, resp):
-        if self.loc is not None:
-            self.loc.reset()
+        self._drop_track()
         resp.success, resp.message = self.loc is not None, "track dropped" if self.loc else "not configured"
         return resp
 
+    def _srv_reinitialize(self, req, resp):
+        """AMCL's global relocalization service (Nav2's behaviour trees call it)."""
+        self._drop_track()
+        return resp
+
+    def _drop_track(self) -> None:
+        if self.loc is not None:
+            self.loc.reset()
+
     def _srv_set_tracking(self, req, resp):
         self.set_parameters([rclpy.parameter.Parameter("use_tracking", value=bool(req.data))])
-        if self.loc is not None:
-            self.loc.conf = type(self.loc.conf)(**{**self.loc.conf.__dict__, "tracking": bool(req.data)})
         resp.success, resp.message = True, f"tracking {'on' if req.data else 'off'}"
         return resp
 
@@ -345,15 +440,7 @@ class LocalizerNode(LifecycleNode):
         ext = list(self.p("camera_extrinsic"))
         if len(ext) == 7:
             return T_from_pose(np.array(ext[:3]), np.array(ext[3:]))
-        with self.tf_lock:
-            try:
-                return self.tf.lookup(self.p("base_frame"), camera_frame, 0) if camera_frame else None
-            except TfError:
-                try:  # a non-static extrinsic: take the newest
-                    child = self.tf.latest_stamp(camera_frame)
-                    return self.tf.lookup(self.p("base_frame"), camera_frame, child) if child else None
-                except TfError:
-                    return None
+        return self._lookup(self.p("base_frame"), camera_frame, 0) if camera_frame else None
 
     def _process(self, msg) -> bool:
         """Localize one frame and publish its pose; False when no pose came of it."""
@@ -396,16 +483,20 @@ class LocalizerNode(LifecycleNode):
             self.pub_debug.publish(image_to_msg(debug_image(image, res), "bgr8", stamp, cam_frame))
         if not res.success or not self.active:
             return False
-        T_map_base = res.T_map_camera @ invert(T_base_cam)
+        T_map_base, cov = res.T_map_camera @ invert(T_base_cam), res.covariance
         base = cam_frame if body_is_camera else self.p("base_frame")
-        pc, ps = pose_msgs(T_map_base, res.covariance, stamp, self.p("map_frame"))
+        T_odom_base = self._odometry_at(self.p("odom_frame"), base, stamp) if base == self.p("base_frame") and \
+            (self.p("tf_mode") == "map_odom" or self.p("planar")) else None
+        if self.p("planar"):
+            T_map_base, cov = planar_pose(T_map_base, T_odom_base), planar_covariance(cov)
+        pc, ps = pose_msgs(T_map_base, cov, stamp, self.p("map_frame"))
         self.pub_pose.publish(pc)
         self.pub_pose_stamped.publish(ps)
         self.stats.localized += 1
         self.stats.last_fix_ns = stamp
         self.stats.last["latency_ms"] = (self.get_clock().now().nanoseconds - stamp) * 1e-6
         if self.p("publish_tf"):
-            self._set_map_tf(T_map_base, base, stamp)
+            self._set_map_tf(T_map_base, T_odom_base, base, stamp)
         return True
 
     def _stamp_ok(self, stamp: int, loc: Localizer) -> bool:
@@ -427,13 +518,12 @@ class LocalizerNode(LifecycleNode):
             self._error(problem, DiagnosticStatus.WARN)
         return not problem
 
-    def _set_map_tf(self, T_map_base: np.ndarray, base: str, stamp: int) -> None:
+    def _set_map_tf(self, T_map_base: np.ndarray, T_odom_base: np.ndarray | None, base: str, stamp: int) -> None:
         """map -> odom from odometry at the image stamp (REP-105). Without any odometry yet:
         map -> base. Odometry that stopped: no map transform (base already has a parent)."""
         odom = self.p("odom_frame")
         self.stats.warning = ""
         if self.p("tf_mode") == "map_odom" and base == self.p("base_frame"):
-            T_odom_base = self._odometry_at(odom, base, stamp)
             if T_odom_base is not None:
                 self._latest_map_tf = (odom, T_map_base @ invert(T_odom_base))
                 self.stats.last["tf"] = f"{self.p('map_frame')} -> {odom}"

@@ -21,11 +21,11 @@ from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
 from ..core.bag import (COMPRESSED_T, IMAGE_T, INFO_T, POSE_T, TF_T, BagTopics, BagWriter)
-from ..core.build import BuildConfig, build_map
-from ..core.features import FeatureConfig
-from ..core.recognition import TrainConfig
+from ..core.build import BuildConfig, build_config, build_map, build_settings
+from ..core.params import problems
 from . import run_node
 from .conversions import time_to_ns
+from .params import MAP_BUILDER_PARAMETERS, declare
 
 LATCHED = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -33,15 +33,7 @@ LATCHED = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL, reli
 class MapBuilderNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("map_builder", **kwargs)
-        self.declare_parameter("bag_path", "")
-        self.declare_parameter("out", "")
-        self.declare_parameter("record_dir", "")
-        self.declare_parameter("features", "xfeat")
-        self.declare_parameter("max_keypoints", 1024)
-        self.declare_parameter("device", "auto")
-        self.declare_parameter("pose_source", "auto")
-        self.declare_parameter("training_steps", 400)
-        self.declare_parameter("image_transport", "raw")
+        declare(self, MAP_BUILDER_PARAMETERS)  # all read-only: a build takes them as it starts
         self.state, self.detail = "idle", ""
         self.recorded = 0
         self._lock = threading.Lock()
@@ -52,8 +44,11 @@ class MapBuilderNode(Node):
         self.create_timer(1.0, self._diagnostics)
         self.create_service(Trigger, "~/build", self._srv_build)
         out = self.get_parameter("out").value
+        found = problems(MAP_BUILDER_PARAMETERS, {n: self.get_parameter(n).value for n in MAP_BUILDER_PARAMETERS})
         if not out:
-            self._fail("parameter 'out' (map directory) is empty")
+            found.insert(0, "parameter 'out' (map directory) is empty")
+        if found:
+            self._fail("; ".join(found))
             return
         bag = self.get_parameter("bag_path").value
         if bag:
@@ -62,9 +57,7 @@ class MapBuilderNode(Node):
             self._start_recording()
 
     def _conf(self) -> BuildConfig:
-        g = lambda n: self.get_parameter(n).value  # noqa: E731
-        return BuildConfig(features=FeatureConfig(g("features"), g("max_keypoints"), device=g("device")),
-                           train=TrainConfig(steps=g("training_steps")), pose_source=g("pose_source"))
+        return build_config({n: self.get_parameter(n).value for n in build_settings()})
 
     # -- live recording -------------------------------------------------------------------------
 
