@@ -71,16 +71,16 @@ class Peer:
         self.ex = SingleThreadedExecutor(context=self.ctx)
         self.ex.add_node(self.node)
         self.poses, self.map_tf, self.diags = [], [], []
-        n = self.node
-        n.create_subscription(PoseWithCovarianceStamped, f"/{ns}/pose", self.poses.append, LATCHED)
-        n.create_subscription(TFMessage, f"/{ns}/tf", lambda m: self.map_tf.extend(
+        n, ns = self.node, f"/{ns}" if ns else ""
+        n.create_subscription(PoseWithCovarianceStamped, f"{ns}/pose", self.poses.append, LATCHED)
+        n.create_subscription(TFMessage, f"{ns}/tf", lambda m: self.map_tf.extend(
             (time.monotonic(), t.child_frame_id) for t in m.transforms if t.header.frame_id == "map"), 100)
         n.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self.diags.extend(m.status), 10)
         self.clock = n.create_publisher(Clock, "/clock", 10)
-        self.image = n.create_publisher(Image, f"/{ns}/camera/image_raw", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
-        self.info = n.create_publisher(CameraInfo, f"/{ns}/camera/camera_info", 10)
-        self.tf = n.create_publisher(TFMessage, f"/{ns}/tf", 100)
-        self.tf_static = n.create_publisher(TFMessage, f"/{ns}/tf_static", TF_STATIC)
+        self.image = n.create_publisher(Image, f"{ns}/camera/image_raw", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+        self.info = n.create_publisher(CameraInfo, f"{ns}/camera/camera_info", 10)
+        self.tf = n.create_publisher(TFMessage, f"{ns}/tf", 100)
+        self.tf_static = n.create_publisher(TFMessage, f"{ns}/tf_static", TF_STATIC)
         self.t = 1_000_000_000
 
     def spin(self, cond, timeout: float, tick_clock: bool = True) -> bool:
@@ -224,3 +224,21 @@ def test_launch_asking_for_a_missing_package_starts_nothing(workspace, small_map
             os.killpg(proc.pid, signal.SIGKILL)
     assert "needs the ROS package 'rviz2'" in (tmp_path / "launch.log").read_text()
     assert not our_processes(domain_id)
+
+
+def test_a_process_that_exits_ends_the_launch():
+    """The launch files' shutdown_on_exit: when one process ends (a crash), the others are stopped
+    rather than left running; without it, launch keeps the survivors going."""
+    needs("launch", "launch")
+    from launch import LaunchDescription, LaunchService
+    from launch.actions import ExecuteProcess
+
+    from pram_ros.ros.launching import shutdown_on_exit
+
+    crashing = ExecuteProcess(cmd=[sys.executable, "-c", "import sys, time; time.sleep(1); sys.exit(3)"])
+    survivor = ExecuteProcess(cmd=[sys.executable, "-c", "import time; time.sleep(120)"])
+    service = LaunchService()
+    service.include_launch_description(LaunchDescription([crashing, survivor, *shutdown_on_exit([crashing, survivor])]))
+    t0 = time.monotonic()
+    service.run()
+    assert time.monotonic() - t0 < 30  # the survivor was stopped, not waited for
