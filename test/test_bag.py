@@ -172,3 +172,8 @@ def test_camera_for_rectified_binned_and_cropped_images():
     msg.roi = SimpleNamespace(x_offset=100, y_offset=40, width=400, height=300)
     small = Camera.from_camera_info(msg, rectified=True)
     assert (small.width, small.height, small.fx, small.cx, small.cy) == (200, 150, 190, 109, 101)
+
+
+@pytest.mark.parametrize("model", sorted(CAMERAS))
+def test_no_keypoints_normalize_to_no_points(model):
+    assert CAMERAS[model].normalize(np.zeros((0, 2))).shape == (0, 2)

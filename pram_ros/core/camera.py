@@ -115,6 +115,8 @@ class Camera:
     def normalize(self, uv: np.ndarray) -> np.ndarray:
         """Undistorted normalized image coordinates (x/z, y/z) of pixels (N,2)."""
         pts = np.asarray(uv, dtype=np.float64).reshape(-1, 1, 2)
+        if not len(pts):  # OpenCV answers None for no points (an image where SIFT found nothing)
+            return np.zeros((0, 2))
         if self.model == "equidistant":
             out = cv2.fisheye.undistortPoints(pts, self.K, np.array(self.D))
         else:
