@@ -1,0 +1,87 @@
+"""Benchmark: pose precision of PRAM against the classic SIFT reference, on the demo and on fox.
+
+    .venv/bin/python bench/precision.py [--data data] [--fox ../shared/data/fox]
+
+The reference is what a classic pipeline does: RootSIFT at full resolution, matched against every
+map image, one PnP (`--method exhaustive --features sift --resize-max 0`). PRAM runs with the
+default settings (XFeat at 640 px, recognition, landmark-wise PnP, refinement). Both localize each
+query from scratch (no tracking). Prints, per place and method: median translation and rotation
+error, recall at (5 cm, 5 deg) and (25 cm, 2 deg), and the ratio of PRAM's median errors to the
+reference's (the goal: <= 1.1x). fox's scale is arbitrary (COLMAP units), so its translation
+errors are also given relative to the scene's size, and its 5 cm recall is in those units.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pram_ros  # noqa: F401  (before pycolmap: see README, Known issues)
+from pram_ros.core.build import BuildConfig, build_map
+from pram_ros.core.evaluation import evaluate
+from pram_ros.core.features import FeatureConfig
+from pram_ros.core.localizer import Localizer, LocalizerConfig
+
+METHODS = {  # name: (map features, localizer method)
+    "pram (xfeat 640)": (FeatureConfig(), "pram"),
+    "reference (sift full-res, exhaustive)": (FeatureConfig(name="sift", max_keypoints=4096, resize_max=0),
+                                              "exhaustive"),
+}
+
+
+def places(data: Path, fox: Path) -> dict[str, tuple[Path, Path]]:
+    """(map bag, query bag) of each place, made when missing."""
+    from pram_ros.core.fox import fox_to_bags
+    from pram_ros.core.synthetic import make_demo_data
+
+    if not (data / "demo_map" / "metadata.yaml").exists():
+        make_demo_data(data)
+    out = {"demo": (data / "demo_map", data / "demo_query")}
+    if (fox / "transforms.json").exists():
+        bags = fox_to_bags(fox, data / "fox") if not (data / "fox" / "fox_map").exists() else \
+            {"map": data / "fox" / "fox_map", "query": data / "fox" / "fox_query"}
+        out["fox"] = (bags["map"], bags["query"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("data"))
+    ap.add_argument("--fox", type=Path, default=Path("../shared/data/fox"))
+    ap.add_argument("--out", type=Path, default=Path("data/precision"))
+    a = ap.parse_args()
+    rows = []
+    for place, (map_bag, query_bag) in places(a.data, a.fox).items():
+        for name, (features, method) in METHODS.items():
+            map_dir = a.out / f"{place}_{features.name}_{features.resize_max}.pram"
+            if place == "demo" and features == FeatureConfig() and (a.data / "demo_map.pram" / "manifest.json").exists():
+                map_dir = a.data / "demo_map.pram"  # `make demo`'s map: the same default settings
+            t0 = time.monotonic()
+            if not (map_dir / "manifest.json").exists():
+                build_map(map_bag, map_dir, BuildConfig(features=features), progress=False)
+            built = time.monotonic() - t0
+            loc = Localizer(map_dir, LocalizerConfig(method=method, device="cpu", tracking=False))
+            rep = evaluate(loc, query_bag, a.out / f"{place}_{method}_{features.name}", progress=False)
+            rows.append(dict(place=place, method=name, frames=rep["num_frames"],
+                             t=rep["median_translation_m"], r=rep["median_rotation_deg"],
+                             t_rel=rep["median_translation_relative"], r5=rep["recall"]["0.05m_5deg"],
+                             r25=rep["recall"]["0.25m_2deg"], build_s=built,
+                             ms=rep["timing_ms"].get("total")))
+            print(json.dumps(rows[-1]), flush=True)
+    print(f"\n{'place':6} {'method':40} {'frames':>6} {'med t':>9} {'med t/scene':>11} {'med r deg':>9} "
+          f"{'5cm,5deg':>8} {'25cm,2deg':>9} {'ms':>6}")
+    for x in rows:
+        def f(v, p):
+            return "-" if v is None else f"{v:.{p}f}"
+        print(f"{x['place']:6} {x['method']:40} {x['frames']:6d} {f(x['t'], 4):>9} {f(x['t_rel'], 4):>11} "
+              f"{f(x['r'], 3):>9} {x['r5']:8.1%} {x['r25']:9.1%} {f(x['ms'], 0):>6}")
+    for place in sorted({x["place"] for x in rows}):
+        p, ref = [x for x in rows if x["place"] == place]
+        if p["t"] and ref["t"]:
+            print(f"{place}: PRAM / reference median error: translation {p['t'] / ref['t']:.2f}x, "
+                  f"rotation {p['r'] / ref['r']:.2f}x (goal <= 1.1x)")
+
+
+if __name__ == "__main__":
+    main()
