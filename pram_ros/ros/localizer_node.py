@@ -485,8 +485,10 @@ class LocalizerNode(LifecycleNode):
             return False
         T_map_base, cov = res.T_map_camera @ invert(T_base_cam), res.covariance
         base = cam_frame if body_is_camera else self.p("base_frame")
-        T_odom_base = self._odometry_at(self.p("odom_frame"), base, stamp) if base == self.p("base_frame") and \
-            (self.p("tf_mode") == "map_odom" or self.p("planar")) else None
+        # odometry at the image stamp (which may wait briefly for it) only where something uses it
+        needs_odometry = self.p("planar") or (self.p("publish_tf") and self.p("tf_mode") == "map_odom")
+        T_odom_base = self._odometry_at(self.p("odom_frame"), base, stamp) \
+            if needs_odometry and base == self.p("base_frame") else None
         if self.p("planar"):
             T_map_base, cov = planar_pose(T_map_base, T_odom_base), planar_covariance(cov)
         pc, ps = pose_msgs(T_map_base, cov, stamp, self.p("map_frame"))
