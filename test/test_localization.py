@@ -114,3 +114,42 @@ def test_fp16_is_ignored_on_the_cpu(demo_query_frames):
     a = make_extractor(FeatureConfig(device="cpu"))(img)
     b = make_extractor(FeatureConfig(device="cpu", half=True))(img)
     assert len(a) > 100 and np.array_equal(a.numpy()[0], b.numpy()[0])
+
+
+def test_odometry_keeps_the_track_when_frames_are_dropped(demo_map, demo_query_frames):
+    """Every third frame (as when the node drops frames): tracking from the last pose alone loses
+    most of them to relocalization; moved by the odometry, it keeps nearly all."""
+    frames = demo_query_frames[::3]
+
+    def tracked(odometry: bool) -> int:
+        loc = Localizer(demo_map.out, LocalizerConfig(tracking=True))
+        n = 0
+        for f in frames:
+            res = loc.localize(f.image, f.camera, T_odom_camera=f.T_odom_base @ f.T_base_camera if odometry else None)
+            t, r = errors(res.T_map_camera, f.T_map_camera) if res.success else (np.inf, np.inf)
+            n += res.mode == "tracking" and t < 0.25 and r < 2.0
+        return n
+
+    with_odometry, without = tracked(True), tracked(False)
+    assert with_odometry >= 0.85 * len(frames) and with_odometry > without + 0.2 * len(frames), \
+        (with_odometry, without, len(frames))
+
+
+def test_auto_matches_exhaustively_only_against_small_maps(small_bag, demo_map, tmp_path):
+    from pram_ros.core.build import BuildConfig, build_map
+    from pram_ros.core.localizer import AUTO_EXHAUSTIVE_MAX_IMAGES
+    from pram_ros.core.recognition import TrainConfig
+
+    tiny = build_map(small_bag, tmp_path / "tiny", BuildConfig(max_images=8, train=TrainConfig(steps=5)),
+                     progress=False)
+    big = Localizer(demo_map.out, LocalizerConfig(method="auto"))
+    loc = Localizer(tiny.out, LocalizerConfig(method="auto"))
+    assert loc.map.images == tiny.images == 8 <= AUTO_EXHAUSTIVE_MAX_IMAGES < big.map.images == demo_map.images
+    assert big.method == "pram" and big.map.baseline is None  # not loaded where it is not used
+    assert loc.method == "exhaustive" and loc.map.baseline is not None
+    with BagReader(small_bag) as r:
+        frames = list(r.frames())
+    first, second = (loc.localize(f.image, f.camera) for f in frames[5:7])
+    assert first.success and first.mode == "exhaustive" and "recognition" not in first.timings_ms
+    assert second.success and second.mode == "tracking"  # tracking works on either route
+    assert errors(second.T_map_camera, frames[6].T_map_camera)[0] < 0.05

@@ -312,7 +312,9 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
     lap("features")
 
     inputs = [SfmInput(k.name, k.camera, f[0], f[1], k.T_map_camera) for k, f in zip(kfs, feats)]
-    result = run_sfm(inputs, conf.sfm)
+    resize = conf.features.resize_max
+    result = run_sfm(inputs, conf.sfm, pixel_scale=max(max(k.camera.width, k.camera.height) / resize
+                                                        for k in kfs) if resize else 1.0)
     warnings += result.warnings
     frame = {"ground_truth": "map", "odometry": "odom"}.get(source, "arbitrary")
     if source == "none":
@@ -355,7 +357,7 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
         vrf_landmark=np.array([lm for lm, _ in vrfs], np.int32),
         vrf_ptr=np.concatenate([[0], np.cumsum([len(p) for p in vpts])]).astype(np.int64),
         vrf_points=np.concatenate(vpts).astype(np.int32) if vpts else np.zeros(0, np.int32),
-        recognizer_config=rconf.to_dict(), recognizer_state=model.state_dict(), frame=frame,
+        recognizer_config=rconf.to_dict(), recognizer_state=model.state_dict(), frame=frame, images=len(kfs),
         metric=frame != "arbitrary", info={"bag": str(bag), "pose_source": source, "recognition": {
             k: v for k, v in report.items() if k != "loss"}, "warnings": warnings},
         baseline=Baseline(

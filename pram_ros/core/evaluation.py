@@ -165,7 +165,8 @@ def plot_report(path: Path, rows: list[FrameRow], title: str) -> None:
 
 def evaluate(localizer, bag: str | Path, out_dir: str | Path, tracking: bool = False, topics=None,
              progress: bool = True, max_frames: int = 0) -> dict[str, Any]:
-    """Localize each frame of `bag` and write the report into out_dir; returns the report."""
+    """Localize each frame of `bag` and write the report into out_dir; returns the report. Tracking
+    uses the bag's odometry, as the node does, where the bag has it."""
     from tqdm import tqdm
 
     from .bag import BagReader, BagTopics
@@ -185,7 +186,9 @@ def evaluate(localizer, bag: str | Path, out_dir: str | Path, tracking: bool = F
             if first:
                 localizer.warm_up(f.camera)
                 first = False
-            res = localizer.localize(f.image, f.camera, use_tracking=tracking)
+            odom = f.T_odom_base @ f.T_base_camera if f.T_odom_base is not None and f.T_base_camera is not None \
+                else None
+            res = localizer.localize(f.image, f.camera, use_tracking=tracking, T_odom_camera=odom)
             te = ra = None
             if res.success and f.T_map_camera is not None:
                 te, ra = errors(res.T_map_camera, f.T_map_camera)

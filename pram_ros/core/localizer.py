@@ -3,11 +3,14 @@
 pram:       features -> recognizer -> keypoint pre-filter -> landmarks ranked by votes ->
             per landmark: match its keypoints to the landmark's VRF points, PnP, accept or try the
             next -> refine with the points of covisible VRFs.
-tracking:   project the map with the previous pose (or a prior), match near the projections, PnP;
-            fall back to recognition when that fails.
+tracking:   project the map with the previous pose (moved by odometry, or a prior), match near the
+            projections, PnP; fall back to relocalization when that fails.
 exhaustive: match against the keypoints of every map image (hloc without global descriptors), one
             PnP on all 2D-3D matches: the same features and PnP, so differences come from
             recognition alone.
+auto:       exhaustive on maps small enough that it is the cheaper route, else pram.
+A pose found from the map points in view (refinement, tracking) ends re-fitted to the matches near
+its projection (`polish_radius_px`).
 """
 from __future__ import annotations
 
@@ -23,20 +26,25 @@ import torch
 from .camera import Camera
 from .features import FeatureConfig, Features, make_extractor
 from .geometry import invert
-from .map import MapError, PramMap, load_map
+from .map import MapError, PramMap, has_baseline, load_baseline, load_map
 from .recognition import Recognizer, RecognizerConfig, normalize_keypoints
-from .registration import PoseEstimate, RegistrationConfig, check, covariance, estimate_pose
+from .registration import (PoseEstimate, RegistrationConfig, check, covariance, estimate_pose, refine_pose,
+                           reprojection_errors)
 from .matching import MatchConfig, mutual_nn
 from .params import DEVICE_PATTERN, setting, validate
 
 log = logging.getLogger(__name__)
 CUDA_ERRORS = (torch.cuda.OutOfMemoryError, torch.AcceleratorError)
-METHODS = ("pram", "exhaustive")
+METHODS = ("pram", "exhaustive", "auto")
+AUTO_EXHAUSTIVE_MAX_IMAGES = 10  # `auto` matches exhaustively against maps this small. bench/map_size.py:
+# matching a query against one map image costs about 4 ms on 2 CPU cores, PRAM's recognition,
+# registration and refinement 40-70 ms together, whatever the map's size
 
 
 @dataclass(frozen=True)
 class LocalizerConfig:
-    method: str = setting("pram", "pram (recognition, then landmark-wise PnP) | exhaustive (the baseline)",
+    method: str = setting("auto", "pram (recognition, then landmark-wise PnP) | exhaustive (match every map image) | "
+                          "auto (exhaustive on maps of at most 10 images, where it is cheaper; else pram)",
                           choices=METHODS)
     device: str = setting("auto", "auto | cpu | cuda | cuda:N", pattern=DEVICE_PATTERN)
     half: bool = setting(False, "fp16 autocast for the networks on CUDA (no effect on the CPU)")
@@ -52,9 +60,13 @@ class LocalizerConfig:
     ranking: str = "soft"  # soft (summed probabilities) | votes (first, then second choices)
     min_labelled: int = 40  # fewer keypoints voting for a landmark: match all keypoints instead
     refine_radii_px: tuple[float, ...] = (24.0, 8.0)  # refinement passes, coarse to fine
+    polish_radius_px: float = 3.0  # then the pose is re-fit, without RANSAC, to every match whose point
+    # projects within this many detector pixels of its keypoint (0: off); XFeat's keypoints are good to
+    # about 1 px, so 3 px keeps the true matches and leaves out the outliers RANSAC's 8 px let in
     tracking: bool = setting(True, "track between frames; fall back to recognition")
     track_radius_px: float = 60.0  # first tracking pass: how far from its projection from the last pose a
-    # point may be seen (the node processes a few frames a second on a CPU: the image moves tens of px)
+    # point may be seen (the node processes a few frames a second on a CPU: the image moves tens of px)...
+    track_radius_odometry_px: float = 24.0  # ...and from the last pose moved by odometry, when there is odometry
 
     def __post_init__(self) -> None:
         validate(self)
@@ -90,7 +102,13 @@ class Localizer:
                  features: FeatureConfig | None = None) -> None:
         m = map_or_path if isinstance(map_or_path, PramMap) else \
             load_map(map_or_path, with_baseline=conf.method == "exhaustive")
-        if conf.method == "exhaustive" and m.baseline is None:
+        self.method = conf.method  # the route relocalization takes: pram or exhaustive
+        if conf.method == "auto":
+            small = m.images <= AUTO_EXHAUSTIVE_MAX_IMAGES
+            if small and m.baseline is None and not isinstance(map_or_path, PramMap) and has_baseline(map_or_path):
+                m.baseline = load_baseline(map_or_path)
+            self.method = "exhaustive" if small and m.baseline is not None else "pram"
+        if self.method == "exhaustive" and m.baseline is None:
             raise MapError("the exhaustive baseline needs the map's baseline.npz")
         feat = features or FeatureConfig(**m.features, device=conf.device)
         if feat.identity() != m.features:
@@ -105,6 +123,7 @@ class Localizer:
         self.landmark_points = [np.unique(np.concatenate([m.vrf_point_ids(v) for v in vs])) if len(vs) else
                                 np.zeros(0, np.int64) for vs in self.vrfs_of]
         self.last_T_camera_map: np.ndarray | None = None
+        self.last_T_odom_camera: np.ndarray | None = None  # odometry at the last pose, to predict the next
         self.prior_T_map_camera: np.ndarray | None = None
         self.prior_position_cov: np.ndarray | None = None
         self.vrf_centers = m.frame_T[m.vrf_frame][:, :3, 3]  # where each VRF's landmark was seen from
@@ -142,53 +161,64 @@ class Localizer:
         self.reset()
 
     def localize(self, image: np.ndarray, camera: Camera, use_tracking: bool | None = None,
-                 T_camera_body: np.ndarray | None = None) -> LocalizationResult:
+                 T_camera_body: np.ndarray | None = None, T_odom_camera: np.ndarray | None = None
+                 ) -> LocalizationResult:
         """Pose of the camera for one image (decoded BGR or mono), or an explicit failure.
+
+        `T_odom_camera` (odometry at the image's stamp, any drifting frame) moves the last pose to
+        where tracking looks first: the image may have moved far since the last processed frame.
 
         A CUDA error (out of memory, a failed kernel) moves the networks to the CPU for good, with a
         warning in the log and in `device_warning`, and the image is tried again there."""
         try:
-            return self._localize(image, camera, use_tracking, T_camera_body)
+            return self._localize(image, camera, use_tracking, T_camera_body, T_odom_camera)
         except CUDA_ERRORS as exc:
             self.device_warning = f"{type(exc).__name__} on {self.device}: running on the CPU from now on ({exc})"
             log.warning(self.device_warning)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             self._place_networks("cpu")
-            return self._localize(image, camera, use_tracking, T_camera_body)
+            return self._localize(image, camera, use_tracking, T_camera_body, T_odom_camera)
 
     def _localize(self, image: np.ndarray, camera: Camera, use_tracking: bool | None,
-                  T_camera_body: np.ndarray | None) -> LocalizationResult:
+                  T_camera_body: np.ndarray | None, T_odom_camera: np.ndarray | None) -> LocalizationResult:
         times: dict[str, float] = {}
         with self._timer(times, "features"):
             feats = self.extractor(image)
         kp, _ = feats.numpy()
         track = self.conf.tracking if use_tracking is None else use_tracking
         res = None
-        if self.conf.method == "exhaustive":
-            res = self._exhaustive(feats, kp, camera, times)
-        else:
-            start = self.last_T_camera_map if track and self.last_T_camera_map is not None else None
-            if start is None and self.prior_T_map_camera is not None:
-                start = invert(self.prior_T_map_camera)
-            if start is not None:
-                with self._timer(times, "tracking"):
-                    res = self._refine(feats, kp, camera, start, "tracking",
-                                       (self.conf.track_radius_px,) + self.conf.refine_radii_px[1:])
-            if res is None or not res.success:
-                res = self._recognize_and_register(feats, kp, camera, times)
+        start, radius = self._track_start(track, T_odom_camera)
+        if start is not None:
+            with self._timer(times, "tracking"):
+                res = self._refine(feats, kp, camera, start, "tracking", (radius,))
+        if res is None or not res.success:
+            res = self._exhaustive(feats, kp, camera, times) if self.method == "exhaustive" else \
+                self._recognize_and_register(feats, kp, camera, times)
         res.num_keypoints = len(kp)
         res.keypoints = kp
         self.prior_T_map_camera = self.prior_position_cov = None  # a prior is used for one frame: a wrong
         # one cannot hold the node
         if res.success:
             res.covariance = covariance(res.T_map_camera, res.inlier_uv, res.inlier_xyz, camera, T_camera_body)
-            self.last_T_camera_map = res.T_camera_map
+            self.last_T_camera_map, self.last_T_odom_camera = res.T_camera_map, T_odom_camera
         else:
-            self.last_T_camera_map = None
+            self.last_T_camera_map = self.last_T_odom_camera = None
         times["total"] = sum(times.values())
         res.timings_ms = times
         return res
+
+    def _track_start(self, track: bool, T_odom_camera: np.ndarray | None) -> tuple[np.ndarray | None, float]:
+        """Where tracking starts (T_camera_map, or None: recognize) and its first search radius: the
+        last pose moved by the odometry since then, else the last pose, else an external prior."""
+        last, last_odom = self.last_T_camera_map, self.last_T_odom_camera
+        if track and last is not None and last_odom is not None and T_odom_camera is not None:
+            return invert(T_odom_camera) @ last_odom @ last, self.conf.track_radius_odometry_px
+        if track and last is not None:
+            return last, self.conf.track_radius_px
+        if self.prior_T_map_camera is not None:
+            return invert(self.prior_T_map_camera), self.conf.track_radius_px
+        return None, 0.0
 
     # -- stages ----------------------------------------------------------------------------------
 
@@ -335,6 +365,28 @@ class Localizer:
                 return LocalizationResult(False, mode, reason)
             res = self._accept(LocalizationResult(False, mode), est, kp[q], xyz, q)
             T = res.T_camera_map
+        return self._polish(res, feats, kp, camera, q_all, xyz_all)
+
+    def _polish(self, res: LocalizationResult, feats: Features, kp: np.ndarray, camera: Camera, q_all: np.ndarray,
+                xyz_all: np.ndarray) -> LocalizationResult:
+        """The accepted pose re-fit to every match within `polish_radius_px` of its projection (twice:
+        the set is chosen again from the re-fitted pose). A set too small to trust keeps the pose."""
+        r = self.conf.polish_radius_px
+        if not r:
+            return res
+        resize = self.feature_conf.resize_max
+        r *= max(feats.image_size) / resize if resize else 1.0  # detector pixels -> image pixels
+        T = res.T_camera_map
+        for _ in range(2):
+            near = reprojection_errors(T, kp[q_all], xyz_all, camera) < r
+            if near.sum() < self.conf.registration.min_inliers:
+                break
+            refit = refine_pose(T, kp[q_all[near]], xyz_all[near], camera)
+            if refit is None:
+                break
+            T = refit
+            res = self._accept(LocalizationResult(False, res.mode), PoseEstimate(T, near),
+                               kp[q_all], xyz_all, q_all)
         return res
 
     def _exhaustive(self, feats: Features, kp: np.ndarray, camera: Camera, times: dict[str, float]) -> LocalizationResult:

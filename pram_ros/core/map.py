@@ -67,6 +67,7 @@ class PramMap:
     metric: bool = True
     info: dict[str, Any] = field(default_factory=dict)
     baseline: Baseline | None = None
+    images: int = 0  # map images the map was built from (frame_T holds only those with VRFs)
 
     @property
     def num_landmarks(self) -> int:
@@ -183,7 +184,7 @@ def save_map(m: PramMap, out: str | Path, extra_files: dict[str, bytes] | None =
         "cameras": [c.__dict__ | {"D": list(c.D)} for c in m.cameras],
         "recognizer": m.recognizer_config, "frame": m.frame, "metric": m.metric,
         "counts": {"points": int(len(m.points)), "landmarks": m.num_landmarks, "vrfs": int(len(m.vrf_frame)),
-                   "frames": int(len(m.frame_T))},
+                   "frames": int(len(m.frame_T)), "images": int(m.images or len(m.frame_T))},
         "files": files, "info": m.info,
     }
     _fsync_write(tmp / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
@@ -271,15 +272,25 @@ def load_map(path: str | Path, with_baseline: bool = False) -> PramMap:
         m = PramMap(features=manifest["features"], cameras=cameras, recognizer_config=manifest["recognizer"],
                     recognizer_state={k: v.float() for k, v in state.items()}, frame=manifest.get("frame", "map"),
                     metric=bool(manifest.get("metric", True)), info=manifest.get("info", {}),
+                    images=int(manifest.get("counts", {}).get("images", len(a["frame_T"]))),
                     **{k: a[k] for k in MAP_ARRAYS})
     except (KeyError, TypeError, ValueError) as exc:
         raise MapError(f"{path}/manifest.json is malformed: {exc}") from exc
     m.check()
     _check_recognizer(m, path)
     if with_baseline:
-        if "baseline.npz" not in manifest["files"]:
-            raise MapError(f"{path} has no baseline.npz (the exhaustive baseline needs it; rebuild with it)")
-        b = _npz(path / "baseline.npz")
-        m.baseline = Baseline(**{k: b[k] for k in ("ptr", "keypoints", "descriptors", "point_ids", "T_map_camera",
-                                                     "camera")})
+        m.baseline = load_baseline(path)
     return m
+
+
+def has_baseline(path: str | Path) -> bool:
+    return "baseline.npz" in read_manifest(Path(path))["files"]
+
+
+def load_baseline(path: str | Path) -> Baseline:
+    """The map's hloc-style per-image features (MapError when it has none)."""
+    path = Path(path)
+    if not has_baseline(path):
+        raise MapError(f"{path} has no baseline.npz (the exhaustive baseline needs it; rebuild with it)")
+    b = _npz(path / "baseline.npz")
+    return Baseline(**{k: b[k] for k in ("ptr", "keypoints", "descriptors", "point_ids", "T_map_camera", "camera")})

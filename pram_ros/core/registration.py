@@ -35,7 +35,6 @@ class RegistrationConfig:
 class PoseEstimate:
     T_camera_map: np.ndarray  # cam_from_world
     inliers: np.ndarray  # bool mask over the correspondences
-    residuals_px: np.ndarray  # reprojection error of every correspondence
 
     @property
     def num_inliers(self) -> int:
@@ -60,7 +59,23 @@ def estimate_pose(uv: np.ndarray, xyz: np.ndarray, camera: Camera, conf: Registr
         return None
     T = np.eye(4)
     T[:3, :] = ret["cam_from_world"].matrix()
-    return PoseEstimate(T, np.asarray(ret["inlier_mask"], bool), reprojection_errors(T, uv, xyz, camera))
+    return PoseEstimate(T, np.asarray(ret["inlier_mask"], bool))
+
+
+def refine_pose(T_camera_map: np.ndarray, uv: np.ndarray, xyz: np.ndarray, camera: Camera,
+                loss_scale_px: float = 1.0) -> np.ndarray | None:
+    """T_camera_map re-fit to all the correspondences by non-linear least squares (Cauchy loss of
+    `loss_scale_px`), without RANSAC: the last step of registration, once the matches are clean."""
+    opts = pycolmap.AbsolutePoseRefinementOptions()
+    opts.loss_function_scale = loss_scale_px
+    R, t = T_camera_map[:3, :3], T_camera_map[:3, 3]
+    ret = pycolmap.refine_absolute_pose(pycolmap.Rigid3d(pycolmap.Rotation3d(R), t), np.asarray(uv, np.float64) + 0.5,
+                                        np.asarray(xyz, np.float64), np.ones(len(uv), bool), camera.to_pycolmap(), opts)
+    if ret is None:
+        return None
+    T = np.eye(4)
+    T[:3, :] = ret["cam_from_world"].matrix()
+    return T
 
 
 def reprojection_errors(T_camera_map: np.ndarray, uv: np.ndarray, xyz: np.ndarray, camera: Camera) -> np.ndarray:

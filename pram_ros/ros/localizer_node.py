@@ -472,9 +472,17 @@ class LocalizerNode(LifecycleNode):
             return False
         body_is_camera = T_base_cam is None
         T_base_cam = np.eye(4) if body_is_camera else T_base_cam
+        base = cam_frame if body_is_camera else self.p("base_frame")
+        # odometry at the image stamp (which may wait briefly for it) only where something uses it:
+        # tracking starts from the last pose moved by it, and map -> odom and planar mode need it
+        needs_odometry = self.p("use_tracking") or self.p("planar") or \
+            (self.p("publish_tf") and self.p("tf_mode") == "map_odom")
+        T_odom_base = self._odometry_at(self.p("odom_frame"), base, stamp) \
+            if needs_odometry and base == self.p("base_frame") else None
         t0 = time.perf_counter()
         self.stats.last_stamp_ns = stamp
-        res = loc.localize(image, camera, T_camera_body=invert(T_base_cam))
+        res = loc.localize(image, camera, T_camera_body=invert(T_base_cam),
+                           T_odom_camera=None if T_odom_base is None else T_odom_base @ T_base_cam)
         self.stats.processed += 1
         self.stats.last.update(mode=res.mode if res.success else "lost", keypoints=res.num_keypoints,
                                inliers=res.num_inliers, landmarks=len(res.landmarks),
@@ -484,11 +492,6 @@ class LocalizerNode(LifecycleNode):
         if not res.success or not self.active:
             return False
         T_map_base, cov = res.T_map_camera @ invert(T_base_cam), res.covariance
-        base = cam_frame if body_is_camera else self.p("base_frame")
-        # odometry at the image stamp (which may wait briefly for it) only where something uses it
-        needs_odometry = self.p("planar") or (self.p("publish_tf") and self.p("tf_mode") == "map_odom")
-        T_odom_base = self._odometry_at(self.p("odom_frame"), base, stamp) \
-            if needs_odometry and base == self.p("base_frame") else None
         if self.p("planar"):
             T_map_base, cov = planar_pose(T_map_base, T_odom_base), planar_covariance(cov)
         pc, ps = pose_msgs(T_map_base, cov, stamp, self.p("map_frame"))
