@@ -113,8 +113,12 @@ def ros2(env: dict, *args: str) -> str:
 
 
 def launch(env: dict, tmp_path: Path, *args: str) -> subprocess.Popen:
+    """`ros2 launch` as from a terminal. Ctrl-C must reach it: a job started in the background by a
+    non-interactive shell (`cmd &`, as a CI runner may) inherits SIGINT ignored, and launch keeps it
+    so, so the child gets the default handling back."""
     return subprocess.Popen([str(VENV_BIN / "ros2"), "launch", "pram_ros", *args], env=env,
-                            stdout=open(tmp_path / "launch.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=open(tmp_path / "launch.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def our_processes(domain_id: int) -> list[str]:

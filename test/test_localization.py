@@ -77,8 +77,10 @@ def test_covariance_grows_as_inliers_shrink(demo_map, demo_query_frames):
     assert cov.shape == (6, 6) and np.all(np.linalg.eigvalsh(cov) > 0)
     rng = np.random.default_rng(0)
     traces, floored = [], []
-    for frac in (1.0, 0.5, 0.2, 0.05):
-        sel = rng.choice(res.num_inliers, max(8, int(frac * res.num_inliers)), replace=False)
+    # the final re-fit leaves inliers good to about 0.5 px: only a handful of them lifts the
+    # published covariance off its floor
+    for frac in (1.0, 0.5, 0.2, 0.04):
+        sel = rng.choice(res.num_inliers, max(6, int(frac * res.num_inliers)), replace=False)
         args = (res.T_map_camera, res.inlier_uv[sel], res.inlier_xyz[sel], f.camera)
         traces.append(np.trace(covariance(*args, floor=False)))
         floored.append(np.trace(covariance(*args)))
