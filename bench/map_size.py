@@ -7,7 +7,8 @@ them) and, when the fox set is there, the fox map (real images, 1080x1920). Each
 localized from scratch with PRAM and with the exhaustive baseline (the same features and PnP), and
 the script prints per map: PRAM's recognition + registration + refinement, the baseline's matching
 + registration, their ratio (goal: at most 1/3 for maps of 50 images or more), the totals, recall
-at (0.25 m, 2 deg), and the route `method: auto` takes for that map.
+at (0.25 m, 2 deg), and the route `method: auto` takes for that map (goal: the cheaper of the two
+measured; auto's own time is printed too, and differs from its route's by the run-to-run spread).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from localization import ensure_demo
 from pram_ros.core.build import BuildConfig, build_map
 from pram_ros.core.evaluation import evaluate
 from pram_ros.core.localizer import Localizer, LocalizerConfig
+from pram_ros.core.map import load_baseline
 
 PRAM_STAGES = ("recognition", "registration", "refinement")
 BASELINE_STAGES = ("matching", "registration")
@@ -72,7 +74,7 @@ def main() -> None:
                 rep[method] = evaluate(loc, query, Path(tmp) / f"{name}_{method}", progress=False)
                 rep[method]["route"] = loc.method
             p, b = stage_sum(rep["pram"], PRAM_STAGES), stage_sum(rep["exhaustive"], BASELINE_STAGES)
-            rows.append(dict(name=name, images=loc.map.images, pram=p, base=b,
+            rows.append(dict(name=name, images=len(load_baseline(map_dir).ptr) - 1, pram=p, base=b,
                              pram_total=stage_sum(rep["pram"], ("total",)),
                              base_total=stage_sum(rep["exhaustive"], ("total",)),
                              auto_total=stage_sum(rep["auto"], ("total",)), route=rep["auto"]["route"],
@@ -93,9 +95,10 @@ def main() -> None:
         if r["images"] >= 50:
             state = "met" if ratio <= 1 / 3 else f"MISSED by {ratio - 1 / 3:.2f}"
             print(f"  {r['name']}: PRAM stages / baseline stages {ratio:.2f} (goal <= 0.33) -> {state}")
-        slower = r["auto_total"] > 1.1 * min(r["pram_total"], r["base_total"])
-        print(f"  {r['name']}: auto takes {r['route']} ({r['auto_total']:.1f} ms; PRAM {r['pram_total']:.1f}, "
-              f"baseline {r['base_total']:.1f}) -> {'MISSED: slower than the cheaper route' if slower else 'met'}")
+        cheaper = "pram" if r["pram_total"] <= r["base_total"] else "exhaustive"
+        state = "met" if r["route"] == cheaper else f"MISSED: {cheaper} was the cheaper route"
+        print(f"  {r['name']}: auto takes {r['route']} (PRAM {r['pram_total']:.1f} ms, baseline "
+              f"{r['base_total']:.1f} ms) -> {state}")
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ class Localizer:
             load_map(map_or_path, with_baseline=conf.method == "exhaustive")
         self.method = conf.method  # the route relocalization takes: pram or exhaustive
         if conf.method == "auto":
-            small = m.images <= AUTO_EXHAUSTIVE_MAX_IMAGES
+            small = 0 < m.images <= AUTO_EXHAUSTIVE_MAX_IMAGES  # 0: a map from before the count
             if small and m.baseline is None and not isinstance(map_or_path, PramMap) and has_baseline(map_or_path):
                 m.baseline = load_baseline(map_or_path)
             self.method = "exhaustive" if small and m.baseline is not None else "pram"

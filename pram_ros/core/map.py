@@ -67,7 +67,7 @@ class PramMap:
     metric: bool = True
     info: dict[str, Any] = field(default_factory=dict)
     baseline: Baseline | None = None
-    images: int = 0  # map images the map was built from (frame_T holds only those with VRFs)
+    images: int = 0  # map images the map was built from (frame_T holds only those with VRFs); 0: unknown
 
     @property
     def num_landmarks(self) -> int:
@@ -184,7 +184,7 @@ def save_map(m: PramMap, out: str | Path, extra_files: dict[str, bytes] | None =
         "cameras": [c.__dict__ | {"D": list(c.D)} for c in m.cameras],
         "recognizer": m.recognizer_config, "frame": m.frame, "metric": m.metric,
         "counts": {"points": int(len(m.points)), "landmarks": m.num_landmarks, "vrfs": int(len(m.vrf_frame)),
-                   "frames": int(len(m.frame_T)), "images": int(m.images or len(m.frame_T))},
+                   "frames": int(len(m.frame_T)), "images": int(m.images)},
         "files": files, "info": m.info,
     }
     _fsync_write(tmp / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
@@ -272,7 +272,7 @@ def load_map(path: str | Path, with_baseline: bool = False) -> PramMap:
         m = PramMap(features=manifest["features"], cameras=cameras, recognizer_config=manifest["recognizer"],
                     recognizer_state={k: v.float() for k, v in state.items()}, frame=manifest.get("frame", "map"),
                     metric=bool(manifest.get("metric", True)), info=manifest.get("info", {}),
-                    images=int(manifest.get("counts", {}).get("images", len(a["frame_T"]))),
+                    images=int(manifest.get("counts", {}).get("images", 0)),
                     **{k: a[k] for k in MAP_ARRAYS})
     except (KeyError, TypeError, ValueError) as exc:
         raise MapError(f"{path}/manifest.json is malformed: {exc}") from exc
