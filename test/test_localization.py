@@ -127,7 +127,7 @@ def test_odometry_keeps_the_track_when_frames_are_dropped(demo_map, demo_query_f
         loc = Localizer(demo_map.out, LocalizerConfig(tracking=True))
         n = 0
         for f in frames:
-            res = loc.localize(f.image, f.camera, T_odom_camera=f.T_odom_base @ f.T_base_camera if odometry else None)
+            res = loc.localize(f.image, f.camera, T_odom_camera=f.T_odom_camera if odometry else None)
             t, r = errors(res.T_map_camera, f.T_map_camera) if res.success else (np.inf, np.inf)
             n += res.mode == "tracking" and t < 0.25 and r < 2.0
         return n

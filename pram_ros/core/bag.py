@@ -73,6 +73,13 @@ class Frame:
     T_odom_base: np.ndarray | None = None  # odometry at the image stamp
     T_base_camera: np.ndarray | None = None  # static extrinsic
 
+    @property
+    def T_odom_camera(self) -> np.ndarray | None:
+        """The camera's odometry pose at the image stamp, when both odometry and extrinsic are known."""
+        if self.T_odom_base is None or self.T_base_camera is None:
+            return None
+        return self.T_odom_base @ self.T_base_camera
+
 
 def stamp_ns(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)

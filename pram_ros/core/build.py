@@ -119,8 +119,7 @@ def select_keyframes(reader: BagReader, conf: BuildConfig) -> tuple[list[Keyfram
     last: Keyframe | None = None
     saw_odometry = False
     for f in reader.frames():
-        T_odom_cam = f.T_odom_base @ f.T_base_camera if f.T_odom_base is not None and f.T_base_camera is not None \
-            else None
+        T_odom_cam = f.T_odom_camera
         saw_odometry |= T_odom_cam is not None
         T = {"ground_truth": f.T_map_camera, "odometry": T_odom_cam}.get(source)
         if source == "ground_truth" and T is None:
@@ -312,9 +311,9 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
     lap("features")
 
     inputs = [SfmInput(k.name, k.camera, f[0], f[1], k.T_map_camera) for k, f in zip(kfs, feats)]
-    resize = conf.features.resize_max
-    result = run_sfm(inputs, conf.sfm, pixel_scale=max(max(k.camera.width, k.camera.height) / resize
-                                                        for k in kfs) if resize else 1.0)
+    result = run_sfm(inputs, conf.sfm, pixel_scale=max(conf.features.pixels_per_detector_pixel(k.camera.width,
+                                                                                             k.camera.height)
+                                                        for k in kfs))
     warnings += result.warnings
     frame = {"ground_truth": "map", "odometry": "odom"}.get(source, "arbitrary")
     if source == "none":

@@ -186,9 +186,7 @@ def evaluate(localizer, bag: str | Path, out_dir: str | Path, tracking: bool = F
             if first:
                 localizer.warm_up(f.camera)
                 first = False
-            odom = f.T_odom_base @ f.T_base_camera if f.T_odom_base is not None and f.T_base_camera is not None \
-                else None
-            res = localizer.localize(f.image, f.camera, use_tracking=tracking, T_odom_camera=odom)
+            res = localizer.localize(f.image, f.camera, use_tracking=tracking, T_odom_camera=f.T_odom_camera)
             te = ra = None
             if res.success and f.T_map_camera is not None:
                 te, ra = errors(res.T_map_camera, f.T_map_camera)

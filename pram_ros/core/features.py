@@ -37,6 +37,11 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         validate(self)
 
+    def pixels_per_detector_pixel(self, width: int, height: int) -> float:
+        """Image pixels per pixel of the (resized) image the detector sees: pixel thresholds set for
+        the detector's noise scale with it."""
+        return max(width, height) / self.resize_max if self.resize_max else 1.0
+
     def identity(self) -> dict:
         """What must match between a map and the localizer using it."""
         d = asdict(self)

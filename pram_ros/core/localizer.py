@@ -26,7 +26,7 @@ import torch
 from .camera import Camera
 from .features import FeatureConfig, Features, make_extractor
 from .geometry import invert
-from .map import MapError, PramMap, has_baseline, load_baseline, load_map
+from .map import MapError, PramMap, has_baseline, load_baseline, load_map, read_manifest
 from .recognition import Recognizer, RecognizerConfig, normalize_keypoints
 from .registration import (PoseEstimate, RegistrationConfig, check, covariance, estimate_pose, refine_pose,
                            reprojection_errors)
@@ -105,8 +105,10 @@ class Localizer:
         self.method = conf.method  # the route relocalization takes: pram or exhaustive
         if conf.method == "auto":
             small = 0 < m.images <= AUTO_EXHAUSTIVE_MAX_IMAGES  # 0: a map from before the count
-            if small and m.baseline is None and not isinstance(map_or_path, PramMap) and has_baseline(map_or_path):
-                m.baseline = load_baseline(map_or_path)
+            if small and m.baseline is None and not isinstance(map_or_path, PramMap):
+                manifest = read_manifest(map_or_path)
+                if has_baseline(manifest):
+                    m.baseline = load_baseline(map_or_path, manifest)
             self.method = "exhaustive" if small and m.baseline is not None else "pram"
         if self.method == "exhaustive" and m.baseline is None:
             raise MapError("the exhaustive baseline needs the map's baseline.npz")
@@ -371,11 +373,9 @@ class Localizer:
                 xyz_all: np.ndarray) -> LocalizationResult:
         """The accepted pose re-fit to every match within `polish_radius_px` of its projection (twice:
         the set is chosen again from the re-fitted pose). A set too small to trust keeps the pose."""
-        r = self.conf.polish_radius_px
-        if not r:
+        if not self.conf.polish_radius_px:
             return res
-        resize = self.feature_conf.resize_max
-        r *= max(feats.image_size) / resize if resize else 1.0  # detector pixels -> image pixels
+        r = self.conf.polish_radius_px * self.feature_conf.pixels_per_detector_pixel(*feats.image_size)
         T = res.T_camera_map
         for _ in range(2):
             near = reprojection_errors(T, kp[q_all], xyz_all, camera) < r

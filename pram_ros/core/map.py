@@ -279,18 +279,19 @@ def load_map(path: str | Path, with_baseline: bool = False) -> PramMap:
     m.check()
     _check_recognizer(m, path)
     if with_baseline:
-        m.baseline = load_baseline(path)
+        m.baseline = load_baseline(path, manifest)
     return m
 
 
-def has_baseline(path: str | Path) -> bool:
-    return "baseline.npz" in read_manifest(Path(path))["files"]
+def has_baseline(manifest: dict[str, Any]) -> bool:
+    return "baseline.npz" in manifest["files"]
 
 
-def load_baseline(path: str | Path) -> Baseline:
-    """The map's hloc-style per-image features (MapError when it has none)."""
+def load_baseline(path: str | Path, manifest: dict[str, Any] | None = None) -> Baseline:
+    """The map's hloc-style per-image features (MapError when it has none). `manifest`: the map's,
+    when already read (reading it checks every file's checksum)."""
     path = Path(path)
-    if not has_baseline(path):
+    if not has_baseline(manifest if manifest is not None else read_manifest(path)):
         raise MapError(f"{path} has no baseline.npz (the exhaustive baseline needs it; rebuild with it)")
     b = _npz(path / "baseline.npz")
     return Baseline(**{k: b[k] for k in ("ptr", "keypoints", "descriptors", "point_ids", "T_map_camera", "camera")})

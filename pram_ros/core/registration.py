@@ -11,6 +11,7 @@ from scipy.spatial.transform import Rotation
 from .camera import Camera
 from .geometry import invert, make_T
 from .params import setting, validate
+from .sfm import rigid3d
 
 MIN_POSITION_VAR = 1e-4  # 1 cm^2
 MIN_ROTATION_VAR = np.radians(1.0) ** 2  # (1 deg)^2
@@ -57,9 +58,13 @@ def estimate_pose(uv: np.ndarray, xyz: np.ndarray, camera: Camera, conf: Registr
                                                      camera.to_pycolmap(), est)
     if ret is None:
         return None
+    return PoseEstimate(_cam_from_world(ret), np.asarray(ret["inlier_mask"], bool))
+
+
+def _cam_from_world(ret: dict) -> np.ndarray:
     T = np.eye(4)
     T[:3, :] = ret["cam_from_world"].matrix()
-    return PoseEstimate(T, np.asarray(ret["inlier_mask"], bool))
+    return T
 
 
 def refine_pose(T_camera_map: np.ndarray, uv: np.ndarray, xyz: np.ndarray, camera: Camera,
@@ -68,14 +73,9 @@ def refine_pose(T_camera_map: np.ndarray, uv: np.ndarray, xyz: np.ndarray, camer
     `loss_scale_px`), without RANSAC: the last step of registration, once the matches are clean."""
     opts = pycolmap.AbsolutePoseRefinementOptions()
     opts.loss_function_scale = loss_scale_px
-    R, t = T_camera_map[:3, :3], T_camera_map[:3, 3]
-    ret = pycolmap.refine_absolute_pose(pycolmap.Rigid3d(pycolmap.Rotation3d(R), t), np.asarray(uv, np.float64) + 0.5,
+    ret = pycolmap.refine_absolute_pose(rigid3d(T_camera_map), np.asarray(uv, np.float64) + 0.5,
                                         np.asarray(xyz, np.float64), np.ones(len(uv), bool), camera.to_pycolmap(), opts)
-    if ret is None:
-        return None
-    T = np.eye(4)
-    T[:3, :] = ret["cam_from_world"].matrix()
-    return T
+    return None if ret is None else _cam_from_world(ret)
 
 
 def reprojection_errors(T_camera_map: np.ndarray, uv: np.ndarray, xyz: np.ndarray, camera: Camera) -> np.ndarray:

@@ -94,7 +94,7 @@ def sampson_px(x1: np.ndarray, x2: np.ndarray, E: np.ndarray, f: float) -> np.nd
     return np.sqrt(num / np.maximum(den, 1e-18)) * f
 
 
-def _rigid(T: np.ndarray) -> pycolmap.Rigid3d:
+def rigid3d(T: np.ndarray) -> pycolmap.Rigid3d:
     return pycolmap.Rigid3d(pycolmap.Rotation3d(T[:3, :3]), T[:3, 3])
 
 
@@ -174,7 +174,7 @@ def _triangulate_known(tmp: Path, db_path: Path, inputs: list[SfmInput], cams: l
                 tvg = pycolmap.TwoViewGeometry()
                 tvg.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
                 tvg.E = E
-                tvg.cam2_from_cam1 = _rigid(T21)
+                tvg.cam2_from_cam1 = rigid3d(T21)
                 tvg.inlier_matches = m[ok].astype(np.uint32)
                 db.write_two_view_geometry(i + 1, j + 1, tvg)
     rec = pycolmap.Reconstruction()
@@ -185,7 +185,7 @@ def _triangulate_known(tmp: Path, db_path: Path, inputs: list[SfmInput], cams: l
     for i, x in enumerate(inputs):
         img = pycolmap.Image(name=x.name, keypoints=x.keypoints.astype(np.float64) + 0.5,
                              camera_id=cam_of[i] + 1, image_id=i + 1)
-        rec.add_image_with_trivial_frame(img, _rigid(T_cw[i]))
+        rec.add_image_with_trivial_frame(img, rigid3d(T_cw[i]))
     opts = pycolmap.IncrementalPipelineOptions()
     opts.extract_colors = False
     opts.triangulation.min_angle = conf.min_tri_angle_deg
