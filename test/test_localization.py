@@ -54,18 +54,26 @@ def test_images_of_another_place_are_rejected(demo_map, fox_map, fox_bags, demo_
 
 
 def test_tracking_relocalizes_after_black_frames(demo_map, demo_query_frames):
+    """Black frames break the track; afterwards the localizer recovers by recognition, and does at
+    least as well on each frame as a localizer with no history at all (no stale track hurts)."""
     loc = Localizer(demo_map.out, LocalizerConfig(tracking=True))
-    modes, ok = [], []
+    fresh = Localizer(demo_map.out, LocalizerConfig(tracking=False))
+    modes, ok, ok_fresh = [], [], []
     frames = demo_query_frames[:24]
     for k, f in enumerate(frames):
         image = np.zeros_like(f.image) if 10 <= k < 14 else f.image
         res = loc.localize(image, f.camera)
         modes.append(res.mode if res.success else "lost")
         ok.append(res.success and errors(res.T_map_camera, f.T_map_camera)[0] < 0.25)
+        if k >= 14:
+            scratch = fresh.localize(f.image, f.camera)
+            ok_fresh.append(scratch.success and errors(scratch.T_map_camera, f.T_map_camera)[0] < 0.25)
     assert modes[10:14] == ["lost"] * 4  # black frames give no pose
     assert "tracking" in modes[:10]  # it tracked before the blackout
-    assert any(ok[14:17]), modes  # and re-localized by recognition right after
-    assert sum(ok[14:]) >= 0.8 * len(ok[14:])
+    first = 14 + ok[14:].index(True)
+    assert first < 20 and modes[first] == "recognition", modes  # re-localized by recognition soon after
+    assert all(a or not b for a, b in zip(ok[14:], ok_fresh)), (ok[14:], ok_fresh)
+    assert sum(ok_fresh) >= 0.7 * len(ok_fresh)
 
 
 def test_covariance_grows_as_inliers_shrink(demo_map, demo_query_frames):
