@@ -33,7 +33,8 @@ from pram_ros.core.evaluation import errors
 from pram_ros.core.features import FeatureConfig, make_extractor
 from pram_ros.core.localizer import Localizer, LocalizerConfig
 from pram_ros.core.map import load_map
-from pram_ros.core.recognition import Recognizer, RecognizerConfig, Sample, TrainConfig, train
+from pram_ros.core.recognition import Recognizer, RecognizerConfig
+from pram_ros.core.training import Sample, TrainConfig, train
 from pram_ros.core.superpoint import SuperPoint
 from pram_ros.core.synthetic import make_demo_data
 

@@ -89,7 +89,7 @@ def fox_bags(fox_dir, tmp_path_factory) -> dict[str, Path]:
 def fox_map(fox_bags, tmp_path_factory):
     """A map built from the fox map bag with fox's poses (BuildSummary)."""
     from pram_ros.core.build import BuildConfig, build_map
-    from pram_ros.core.recognition import TrainConfig
+    from pram_ros.core.training import TrainConfig
 
     return build_map(fox_bags["map"], tmp_path_factory.mktemp("maps") / "fox",
                      BuildConfig(train=TrainConfig(steps=150, max_minutes=0)), progress=False)
@@ -117,7 +117,7 @@ def demo_map(demo_full, tmp_path_factory):
     """The demo map with the default build settings, without the training time cap (BuildSummary):
     the same map on a busy machine as on an idle one."""
     from pram_ros.core.build import BuildConfig, build_map
-    from pram_ros.core.recognition import TrainConfig
+    from pram_ros.core.training import TrainConfig
 
     summary = build_map(demo_full["map"], tmp_path_factory.mktemp("maps") / "demo",
                         BuildConfig(train=TrainConfig(max_minutes=0)), progress=False)
@@ -130,7 +130,7 @@ def small_map(small_bag, tmp_path_factory):
     """A tiny map (12 demo images, 30 training steps; BuildSummary): for the tests that need some
     map, not a good one."""
     from pram_ros.core.build import BuildConfig, build_map
-    from pram_ros.core.recognition import TrainConfig
+    from pram_ros.core.training import TrainConfig
 
     return build_map(small_bag, tmp_path_factory.mktemp("maps") / "small",
                      BuildConfig(train=TrainConfig(steps=30, max_minutes=0)), progress=False)

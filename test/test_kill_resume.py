@@ -17,7 +17,7 @@ import pytest
 
 from pram_ros.core.build import BuildConfig, build_map
 from pram_ros.core.map import MapError, load_map, recover_interrupted, save_map
-from pram_ros.core.recognition import TrainConfig
+from pram_ros.core.training import TrainConfig
 
 STEPS = 30
 

@@ -148,7 +148,7 @@ def test_odometry_keeps_the_track_when_frames_are_dropped(demo_map, demo_query_f
 def test_auto_matches_exhaustively_only_against_small_maps(small_bag, demo_map, tmp_path):
     from pram_ros.core.build import BuildConfig, build_map
     from pram_ros.core.localizer import AUTO_EXHAUSTIVE_MAX_IMAGES
-    from pram_ros.core.recognition import TrainConfig
+    from pram_ros.core.training import TrainConfig
 
     tiny = build_map(small_bag, tmp_path / "tiny", BuildConfig(max_images=8, train=TrainConfig(steps=5)),
                      progress=False)

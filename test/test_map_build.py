@@ -11,7 +11,7 @@ from pram_ros.core.geometry import invert
 from pram_ros.core.landmarks import ground_plane_coords
 from pram_ros.core.localizer import Localizer
 from pram_ros.core.map import MapError, load_map, save_map
-from pram_ros.core.recognition import TrainConfig
+from pram_ros.core.training import TrainConfig
 from pram_ros.core.features import FeatureConfig
 
 

@@ -19,7 +19,6 @@ from pram_ros.core.bag import BagReader
 from pram_ros.core.build import build_settings
 from pram_ros.core.features import FeatureConfig
 from pram_ros.core.localizer import LocalizerConfig
-from pram_ros.core.params import specs
 from pram_ros.core.registration import RegistrationConfig
 from pram_ros.ros.conversions import image_to_msg
 from pram_ros.ros.params import CONFIG_DIR, LOCALIZER_PARAMETERS, MAP_BUILDER_PARAMETERS, RUNTIME, yaml_files

@@ -72,6 +72,7 @@ class Frame:
     T_map_camera: np.ndarray | None = None  # ground truth
     T_odom_base: np.ndarray | None = None  # odometry at the image stamp
     T_base_camera: np.ndarray | None = None  # static extrinsic
+    T_global_base: np.ndarray | None = None  # the TF chain map -> ... -> base (a SLAM system's pose)
 
     @property
     def T_odom_camera(self) -> np.ndarray | None:
@@ -79,6 +80,13 @@ class Frame:
         if self.T_odom_base is None or self.T_base_camera is None:
             return None
         return self.T_odom_base @ self.T_base_camera
+
+    @property
+    def T_global_camera(self) -> np.ndarray | None:
+        """The camera's pose in the global frame through TF (a SLAM system's), when TF and extrinsic have it."""
+        if self.T_global_base is None or self.T_base_camera is None:
+            return None
+        return self.T_global_base @ self.T_base_camera
 
 
 def stamp_ns(header: Any) -> int:
@@ -228,6 +236,8 @@ class BagReader:
                 frame.T_map_camera = pose_Ts[j]
             if tf.can_transform(fn.odom, fn.base, t):
                 frame.T_odom_base = tf.lookup(fn.odom, fn.base, t)
+            if fn.map != fn.odom and tf.can_transform(fn.map, fn.base, t):
+                frame.T_global_base = tf.lookup(fn.map, fn.base, t)
             if cam_frame and tf.can_transform(fn.base, cam_frame, t):
                 frame.T_base_camera = tf.lookup(fn.base, cam_frame, t)
             index += 1

@@ -5,27 +5,28 @@ frames -> features -> SfM (pycolmap) -> landmarks -> recognizer training -> writ
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 
-from .bag import BagReader, BagTopics, Frame
+from .bag import BagReader, BagTopics, Frame, Frames
 from .camera import Camera
 from .features import Extractor, FeatureConfig, make_extractor, resolve_device
-from .geometry import invert, rotation_error_deg
+from .geometry import T_from_pose, invert, rotation_error_deg, umeyama
 from .landmarks import (LandmarkConfig, Observations, choose_k, cluster, greedy_vrfs, medoid_descriptors,
                         vrf_points)
 from .map import Baseline, PramMap, recover_interrupted, save_map
 from .params import Spec, setting, specs, validate
-from .recognition import RecognizerConfig, Sample, TrainConfig, train
-from .sfm import SfmConfig, SfmInput, SfmResult, run_sfm
+from .recognition import RecognizerConfig
+from .training import TrainConfig, train, training_samples
+from .sfm import PoseAdjustment, SfmConfig, SfmInput, SfmResult, run_sfm
 
 log = logging.getLogger(__name__)
+POSE_SOURCES = ("auto", "ground_truth", "tf", "odometry", "none")
+EXTRINSIC_PATTERN = r"^$|^\s*([-+0-9.eE]+[\s,]+){6}[-+0-9.eE]+\s*$"
 
 
 @dataclass(frozen=True)
@@ -35,17 +36,32 @@ class BuildConfig:
     landmarks: LandmarkConfig = LandmarkConfig()
     recognizer: RecognizerConfig = RecognizerConfig()  # descriptor_dim and num_classes are set by the build
     train: TrainConfig = TrainConfig()
-    pose_source: str = setting("auto", "camera poses for SfM: auto | ground_truth | odometry | none",
-                               choices=("auto", "ground_truth", "odometry", "none"))
+    pose_source: str = setting("auto", "camera poses for SfM: auto (the first there of ground_truth, tf, "
+                                       "odometry) | ground_truth | tf (a SLAM system's global_frame -> "
+                                       "base_frame) | odometry | none", choices=POSE_SOURCES)
+    global_frame: str = setting("map", "tf poses: the SLAM system's fixed frame; the map is written in it")
+    base_frame: str = setting("base_link", "the robot body frame on /tf (odometry and tf poses)")
+    camera_extrinsic: str = setting("", "static base_frame -> camera 'x y z qx qy qz qw' for bags without it "
+                                        "on /tf_static (empty: from /tf_static)", pattern=EXTRINSIC_PATTERN)
+    prior_sigma_m: float = setting(0.05, "tf poses: their uncertainty [m], the weight of the position priors "
+                                         "in bundle adjustment", range=(0.001, 10.0))
     keyframe_min_translation: float = 0.15  # map units; with poses
     keyframe_min_rotation_deg: float = 5.0
     keyframe_min_interval_s: float = 0.0  # without poses
     max_images: int = setting(0, "use at most this many keyframes (0: all)", range=(2, 1_000_000), zero_off=True)
-    augmentations: int = setting(2, "photometric/scale variants per map image for training", range=(0, 10))
-    val_every: int = 10  # every N-th keyframe is held out to measure recognition accuracy
 
     def __post_init__(self) -> None:
         validate(self)
+
+    def frames(self) -> Frames:
+        return Frames(map=self.global_frame, base=self.base_frame)
+
+    def extrinsic(self) -> np.ndarray | None:
+        """T_base_camera from `camera_extrinsic`; None when it is empty."""
+        if not self.camera_extrinsic.strip():
+            return None
+        v = [float(x) for x in self.camera_extrinsic.replace(",", " ").split()]
+        return T_from_pose(np.array(v[:3]), np.array(v[3:]))
 
 
 def build_settings() -> dict[str, Spec]:
@@ -53,7 +69,8 @@ def build_settings() -> dict[str, Spec]:
     f, t, lm, b = specs(FeatureConfig), specs(TrainConfig), specs(LandmarkConfig), specs(BuildConfig)
     return {"features": f["name"].renamed("features"), **{k: f[k] for k in ("max_keypoints", "resize_max", "device",
                                                                              "weights")},
-            "pose_source": b["pose_source"], "landmarks": lm["num_landmarks"].renamed("landmarks"),
+            **{k: b[k] for k in ("pose_source", "global_frame", "base_frame", "camera_extrinsic", "prior_sigma_m")},
+            "landmarks": lm["num_landmarks"].renamed("landmarks"),
             "steps": t["steps"], "max_minutes": t["max_minutes"], "max_images": b["max_images"]}
 
 
@@ -64,7 +81,8 @@ def build_config(values: dict[str, Any]) -> BuildConfig:
         features=FeatureConfig(v["features"], v["max_keypoints"], v["resize_max"], v["device"], v["weights"]),
         landmarks=LandmarkConfig(num_landmarks=v["landmarks"]),
         train=TrainConfig(steps=v["steps"], max_minutes=v["max_minutes"]),
-        pose_source=v["pose_source"], max_images=v["max_images"])
+        pose_source=v["pose_source"], global_frame=v["global_frame"], base_frame=v["base_frame"],
+        camera_extrinsic=v["camera_extrinsic"], prior_sigma_m=v["prior_sigma_m"], max_images=v["max_images"])
 
 
 @dataclass
@@ -90,12 +108,18 @@ class BuildSummary:
     stage_seconds: dict[str, float]
     sizes: dict[str, int]
     warnings: list[str] = field(default_factory=list)
+    pose_source: str = ""
+    skipped_no_pose: int = 0
+    adjustment: PoseAdjustment | None = None  # how far bundle adjustment moved the cameras (tf poses)
 
     def table(self) -> str:
         mb = 1e6
-        rows = [("images used", f"{self.images}"), ("3D points", f"{self.points}"),
+        rows = [("pose source", self.pose_source + (f" ({self.skipped_no_pose} images without a pose skipped)"
+                                                    if self.skipped_no_pose else "")),
+                ("images used", f"{self.images}"), ("3D points", f"{self.points}"),
                 ("landmarks (K)", f"{self.landmarks}"), ("VRFs", f"{self.vrfs}"),
                 ("frame / metric", f"{self.frame} / {'yes' if self.metric else 'no (scale arbitrary)'}"),
+                *([("bundle adjustment moved cameras", str(self.adjustment))] if self.adjustment else []),
                 ("training steps", f"{self.recognition.get('steps')} of {self.recognition.get('steps_planned')}"
                  + (" (WARN: stopped by the time cap)" if self.recognition.get("stopped_by_time_cap") else "")),
                 ("recognition accuracy (held out)",
@@ -110,20 +134,43 @@ class BuildSummary:
         return "\n".join(f"  {a:<{w}}  {b}" for a, b in rows)
 
 
-def select_keyframes(reader: BagReader, conf: BuildConfig) -> tuple[list[Keyframe], str]:
-    """Keyframes (near-duplicates skipped) with the poses to build from; also the pose source used."""
-    source = conf.pose_source
-    if source == "auto":
-        source = "ground_truth" if reader.has_poses else "odometry"
+@dataclass
+class Selection:
+    """The keyframes and where their poses came from."""
+
+    keyframes: list[Keyframe]
+    source: str  # ground_truth | tf | odometry | none
+    skipped_no_pose: int = 0  # images without a pose at their stamp (ground_truth, tf)
+
+
+def pose_source(reader: BagReader, conf: BuildConfig) -> str:
+    """`conf.pose_source`, with auto resolved: ground truth, else a TF chain from the global frame to
+    the base frame (a SLAM system's), else odometry (resolved to none later when there is none)."""
+    if conf.pose_source != "auto":
+        return conf.pose_source
+    if reader.has_poses:
+        return "ground_truth"
+    tf, fn = reader.tf_buffer(), reader.frame_names
+    if fn.map != fn.odom and fn.map in tf.frames() and fn.base in tf.frames():
+        return "tf"
+    return "odometry"
+
+
+def select_keyframes(reader: BagReader, conf: BuildConfig) -> Selection:
+    """Keyframes (near-duplicates skipped) with the poses to build from."""
+    source = pose_source(reader, conf)
     kfs: list[Keyframe] = []
     last: Keyframe | None = None
-    saw_odometry = False
+    skipped = 0
+    extrinsic = conf.extrinsic()
     for f in reader.frames():
+        if f.T_base_camera is None:
+            f.T_base_camera = extrinsic
         T_odom_cam = f.T_odom_camera
-        saw_odometry |= T_odom_cam is not None
-        T = {"ground_truth": f.T_map_camera, "odometry": T_odom_cam}.get(source)
-        if source == "ground_truth" and T is None:
-            continue  # an image without its pose cannot be triangulated with known poses
+        T = {"ground_truth": f.T_map_camera, "odometry": T_odom_cam, "tf": f.T_global_camera}.get(source)
+        if source in ("ground_truth", "tf") and T is None:
+            skipped += 1  # an image without its pose cannot be triangulated with known poses
+            continue
         if last is not None and _near_duplicate(last, f, T, conf):
             continue
         kf = Keyframe(f"{len(kfs):05d}", f.stamp_ns, f.image, f.camera, T, T_odom_cam)
@@ -136,7 +183,7 @@ def select_keyframes(reader: BagReader, conf: BuildConfig) -> tuple[list[Keyfram
     if conf.max_images and len(kfs) > conf.max_images:
         idx = np.linspace(0, len(kfs) - 1, conf.max_images).round().astype(int)
         kfs = [kfs[i] for i in idx]
-    return kfs, source
+    return Selection(kfs, source, skipped)
 
 
 def _near_duplicate(last: Keyframe, f: Frame, T: np.ndarray | None, conf: BuildConfig) -> bool:
@@ -155,129 +202,60 @@ def extract_features(kfs: list[Keyframe], extractor: Extractor, progress: bool =
 
 def align_to_odometry(result: SfmResult, kfs: list[Keyframe]) -> str:
     """Similarity-align a pose-less reconstruction to odometry camera centres; the frame it ends in."""
-    import pycolmap
-
-    rec = result.reconstruction
     src, tgt = [], []
-    for k, iid in zip(kfs, result.image_ids):
-        if iid > 0 and k.T_odom_camera is not None:
-            src.append(rec.image(iid).projection_center())
+    for k, T_cw, ok in zip(kfs, result.T_cw, result.registered):
+        if ok and k.T_odom_camera is not None:
+            src.append(invert(T_cw)[:3, 3])
             tgt.append(k.T_odom_camera[:3, 3])
     if len(src) < 3 or np.linalg.matrix_rank(np.array(tgt) - np.mean(tgt, 0)) < 1:
         return "arbitrary"
-    sim = pycolmap.estimate_sim3d(np.array(src), np.array(tgt))
-    if sim is None:
+    scale, R, t = umeyama(np.array(src), np.array(tgt))
+    if not scale > 0:
         return "arbitrary"
-    rec.transform(sim)
+    result.transform(scale, R, t)
     return "odom"
 
 
-def make_landmarks(result: SfmResult, feats: list[tuple[np.ndarray, np.ndarray]], conf: LandmarkConfig):
+@dataclass
+class Landmarks:
+    """The landmark stage's result: the map's points, their landmarks and descriptors, and the VRFs."""
+
+    xyz: np.ndarray  # (P, 3) points seen in at least min_track images
+    labels: np.ndarray  # (P,) landmark of each point, 1..K
+    descriptors: np.ndarray  # (P, D) medoid descriptor of each point
+    observations: Observations  # which keypoint of which map image sees each point
+    vrfs: list[tuple[int, int]]  # (landmark, map image) pairs
+    vrf_points: list[np.ndarray]  # the points of each VRF
+    T_cw: dict[int, np.ndarray]  # camera-from-map of each registered map image
+
+
+def make_landmarks(result: SfmResult, kfs: list[Keyframe], feats: list[tuple[np.ndarray, np.ndarray]],
+                   conf: LandmarkConfig) -> Landmarks:
     """Points with track >= min_track, their labels, medoid descriptors, VRFs and VRF point sets."""
-    rec = result.reconstruction
-    img_index = {iid: i for i, iid in enumerate(result.image_ids) if iid > 0}
-    pids = [pid for pid, p in rec.points3D.items() if p.track.length() >= conf.min_track]
-    if len(pids) < 10:
-        raise RuntimeError(f"only {len(pids)} points are seen in >= {conf.min_track} images: too little overlap "
+    keep = result.track_lengths() >= conf.min_track
+    if keep.sum() < 10:
+        raise RuntimeError(f"only {keep.sum()} points are seen in >= {conf.min_track} images: too little overlap "
                            f"between the map images to build a map")
-    xyz = np.array([rec.points3D[p].xyz for p in pids])
-    pi, ii, ki = [], [], []
-    for n, pid in enumerate(pids):
-        for el in rec.points3D[pid].track.elements:
-            pi.append(n)
-            ii.append(img_index[el.image_id])
-            ki.append(el.point2D_idx)
-    obs = Observations(np.array(pi), np.array(ii), np.array(ki))
-    reg = sorted(img_index.values())
-    T_cw = {i: invert(_T_map_camera(rec, result.image_ids[i])) for i in reg}
-    centres = np.array([invert(T_cw[i])[:3, 3] for i in reg])
-    k = choose_k(len(pids), conf)
-    labels = cluster(xyz, centres, k)
-    desc = medoid_descriptors(obs, [f[1] for f in feats], len(pids))
+    new_index = np.cumsum(keep) - 1
+    seen = keep[result.track_point]
+    obs = Observations(new_index[result.track_point[seen]], result.track_image[seen], result.track_keypoint[seen])
+    xyz = result.points[keep]
+    T_cw = {int(i): result.T_cw[i] for i in np.flatnonzero(result.registered)}
+    centres = np.array([invert(T)[:3, 3] for T in T_cw.values()])
+    labels = cluster(xyz, centres, choose_k(len(xyz), conf))
+    desc = medoid_descriptors(obs, [f[1] for f in feats], len(xyz))
     vrfs = greedy_vrfs(labels, obs, conf)
-    cams = {i: rec.image(result.image_ids[i]).camera for i in reg}
 
-    def project(i: int, X: np.ndarray) -> np.ndarray:
-        p = X @ T_cw[i][:3, :3].T + T_cw[i][:3, 3]
-        uv = np.full((len(p), 2), np.nan)
-        front = p[:, 2] > 1e-6
-        if front.any():
-            uv[front] = cams[i].img_from_cam(p[front]) - 0.5
-        return uv
+    def project(i: int, X: np.ndarray) -> np.ndarray:  # NaN behind the camera
+        return kfs[i].camera.project(X @ T_cw[i][:3, :3].T + T_cw[i][:3, 3])[0]
 
-    vpts = vrf_points(vrfs, labels, obs, xyz, project, conf)
-    return pids, xyz, labels, desc, obs, vrfs, vpts, T_cw
-
-
-def _T_map_camera(rec, iid: int) -> np.ndarray:
-    T = np.eye(4)
-    T[:3, :] = rec.image(iid).cam_from_world().matrix()
-    return invert(T)
-
-
-def augment(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A photometric and geometric variant of a map image, and the homography that maps it.
-
-    Brightness, contrast, colour cast, vignetting and noise stand in for other lighting; a random
-    perspective warp with a scale change stands in for another viewpoint.
-    """
-    h, w = image.shape[:2]
-    img = image.astype(np.float32)
-    if img.ndim == 2:
-        img = img[..., None]
-    img = img * rng.uniform(0.6, 1.3) * rng.uniform(0.85, 1.15, img.shape[2]) + rng.uniform(-30, 30)
-    img = (img - img.mean()) * rng.uniform(0.7, 1.3) + img.mean()
-    yy, xx = np.mgrid[0:h, 0:w]
-    r2 = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) / ((w / 2) ** 2 + (h / 2) ** 2)
-    img *= (1 - rng.uniform(0, 0.3) * r2)[..., None]
-    img += rng.normal(0, rng.uniform(1, 6), img.shape)
-    img = np.clip(img, 0, 255).astype(np.uint8).squeeze()
-    s = rng.uniform(0.7, 1.15)
-    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
-    dst = (src + rng.uniform(-0.12, 0.12, (4, 2)).astype(np.float32) * [w, h]) * s
-    dst -= dst.min(0)
-    H = cv2.getPerspectiveTransform(src, dst.astype(np.float32))
-    size = (int(np.ceil(dst[:, 0].max())), int(np.ceil(dst[:, 1].max())))
-    return cv2.warpPerspective(img, H, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT), H
-
-
-def training_samples(kfs: list[Keyframe], feats, keypoint_labels: list[np.ndarray], extractor: Extractor,
-                     conf: BuildConfig, progress: bool = True) -> tuple[list[Sample], list[Sample]]:
-    """Original views plus augmented ones (features recomputed on the warped image, labels carried
-    over from the original keypoints landing within 3 px). Held-out views go to validation."""
-    from scipy.spatial import cKDTree
-    from tqdm import tqdm
-
-    rng = np.random.default_rng(conf.train.seed)
-    train_s, val_s = [], []
-    for i in tqdm(range(len(kfs)), desc="training views", unit="img", disable=not progress):
-        kp, d = feats[i]
-        lab = keypoint_labels[i]
-        h, w = kfs[i].image.shape[:2]
-        views = [Sample(kp, d, lab, (w, h))]
-        held_out = conf.val_every and i % conf.val_every == conf.val_every // 2
-        for _ in range(0 if held_out else conf.augmentations):
-            img, H = augment(kfs[i].image, rng)
-            akp, ad = extractor(img).numpy()
-            alab = np.zeros(len(akp), np.int64)
-            if len(akp) and len(kp):
-                warped = cv2.perspectiveTransform(kp[None].astype(np.float64), H)[0]
-                dist, j = cKDTree(warped).query(akp)
-                near = dist < 3.0
-                alab[near] = lab[j[near]]
-            views.append(Sample(akp, ad, alab, (img.shape[1], img.shape[0])))
-        (val_s if held_out else train_s).extend(views)
-    return train_s, val_s
+    return Landmarks(xyz, labels, desc, obs, vrfs, vrf_points(vrfs, labels, obs, xyz, project, conf), T_cw)
 
 
 def hloc_style_bytes(result: SfmResult, feats) -> int:
     """Bytes an hloc map of this reconstruction needs: every image's keypoints (float32), scores
     and float16 descriptors, plus the SfM model in COLMAP binary form."""
-    per_image = sum(len(k) * (2 * 4 + 4) + d.size * 2 for k, d in feats)
-    with tempfile.TemporaryDirectory() as tmp:
-        result.reconstruction.write_binary(tmp)
-        model = sum(p.stat().st_size for p in Path(tmp).iterdir())
-    return per_image + model
+    return sum(len(k) * (2 * 4 + 4) + d.size * 2 for k, d in feats) + result.model_bytes
 
 
 def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(), topics: BagTopics = BagTopics(),
@@ -299,10 +277,14 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
         if on_stage:
             on_stage(name, times[name])
 
-    with BagReader(bag, topics) as reader:
-        kfs, source = select_keyframes(reader, conf)
+    with BagReader(bag, topics, conf.frames()) as reader:
+        sel = select_keyframes(reader, conf)
+    kfs, source = sel.keyframes, sel.source
+    if sel.skipped_no_pose:
+        warnings.append(f"{sel.skipped_no_pose} images had no {source} pose at their stamp and were skipped")
     if len(kfs) < 3:
-        raise RuntimeError(f"{bag}: only {len(kfs)} usable keyframes; a map needs at least 3")
+        raise RuntimeError(f"{bag}: only {len(kfs)} usable keyframes with poses from {source}; a map needs at "
+                           f"least 3" + (f" ({warnings[-1]})" if warnings else ""))
     log.info("%d keyframes, poses from %s", len(kfs), source)
     lap("frames")
 
@@ -313,9 +295,12 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
     inputs = [SfmInput(k.name, k.camera, f[0], f[1], k.T_map_camera) for k, f in zip(kfs, feats)]
     result = run_sfm(inputs, conf.sfm, pixel_scale=max(conf.features.pixels_per_detector_pixel(k.camera.width,
                                                                                              k.camera.height)
-                                                        for k in kfs))
+                                                        for k in kfs),
+                     prior_sigma_m=conf.prior_sigma_m if source == "tf" else 0.0)
     warnings += result.warnings
-    frame = {"ground_truth": "map", "odometry": "odom"}.get(source, "arbitrary")
+    if result.adjustment is not None:
+        log.info("bundle adjustment moved the cameras from their %s poses: %s", source, result.adjustment)
+    frame = {"ground_truth": "map", "tf": conf.global_frame, "odometry": "odom"}.get(source, "arbitrary")
     if source == "none":
         frame = align_to_odometry(result, kfs)
         if frame == "arbitrary":
@@ -324,7 +309,8 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
             warnings.append("no poses: the map was aligned to odometry (frame odom, scale from odometry)")
     lap("sfm")
 
-    pids, xyz, labels, desc, obs, vrfs, vpts, T_cw = make_landmarks(result, feats, conf.landmarks)
+    lm = make_landmarks(result, kfs, feats, conf.landmarks)
+    obs, labels, vrfs, T_cw = lm.observations, lm.labels, lm.vrfs, lm.T_cw
     lap("landmarks")
 
     # Per-keypoint training labels: landmark + 1 space is 1..K already (0 = no landmark).
@@ -334,7 +320,7 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
         kp_labels[obs.image[n]][obs.keypoint[n]] = labels[obs.point[n]]
         kp_point[obs.image[n]][obs.keypoint[n]] = obs.point[n]
     rconf = replace(conf.recognizer, descriptor_dim=extractor.dim, num_classes=int(labels.max()) + 1)
-    train_s, val_s = training_samples(kfs, feats, kp_labels, extractor, conf, progress)
+    train_s, val_s = training_samples([k.image for k in kfs], feats, kp_labels, extractor, conf.train, progress)
     model, report = train(train_s, val_s, rconf, conf.train, resolve_device(conf.features.device), progress)
     if report["stopped_by_time_cap"]:
         warnings.append(f"recognizer training stopped by its {conf.train.max_minutes:g} min safety cap after "
@@ -349,15 +335,18 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
     frame_of = {img: n for n, img in enumerate(frames_used)}
     cams = list(dict.fromkeys(k.camera for k in kfs))
     m = PramMap(
-        features=conf.features.identity(), cameras=cams, points=xyz.astype(np.float32), labels=labels,
-        descriptors=desc.astype(np.float16), frame_T=np.array([invert(T_cw[i]) for i in frames_used]),
+        features=conf.features.identity(), cameras=cams, points=lm.xyz.astype(np.float32), labels=labels,
+        descriptors=lm.descriptors.astype(np.float16), frame_T=np.array([invert(T_cw[i]) for i in frames_used]),
         frame_camera=np.array([cams.index(kfs[i].camera) for i in frames_used], np.int32),
         vrf_frame=np.array([frame_of[img] for _, img in vrfs], np.int32),
         vrf_landmark=np.array([lm for lm, _ in vrfs], np.int32),
-        vrf_ptr=np.concatenate([[0], np.cumsum([len(p) for p in vpts])]).astype(np.int64),
-        vrf_points=np.concatenate(vpts).astype(np.int32) if vpts else np.zeros(0, np.int32),
+        vrf_ptr=np.concatenate([[0], np.cumsum([len(p) for p in lm.vrf_points])]).astype(np.int64),
+        vrf_points=np.concatenate(lm.vrf_points).astype(np.int32) if lm.vrf_points else np.zeros(0, np.int32),
         recognizer_config=rconf.to_dict(), recognizer_state=model.state_dict(), frame=frame, images=len(kfs),
-        metric=frame != "arbitrary", info={"bag": str(bag), "pose_source": source, "recognition": {
+        metric=frame != "arbitrary", info={"bag": str(bag), "pose_source": source,
+                                           "skipped_no_pose": sel.skipped_no_pose,
+                                           "pose_adjustment": asdict(result.adjustment) if result.adjustment else None,
+                                           "recognition": {
             k: v for k, v in report.items() if k != "loss"}, "warnings": warnings},
         baseline=Baseline(
             ptr=np.concatenate([[0], np.cumsum([len(f[0]) for f in feats])]),
@@ -374,8 +363,8 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
     files = {p.name: p.stat().st_size for p in out.iterdir()}
     sizes = {"map_data": files["map.npz"], "weights": files["recognizer.safetensors"],
              "baseline": files.get("baseline.npz", 0), "hloc_style": hloc_style_bytes(result, feats)}
-    return BuildSummary(out, len(kfs), len(xyz), m.num_landmarks, len(vrfs), frame, m.metric, report, times,
-                        sizes, warnings)
+    return BuildSummary(out, len(kfs), len(lm.xyz), m.num_landmarks, len(vrfs), frame, m.metric, report, times,
+                        sizes, warnings, source, sel.skipped_no_pose, result.adjustment)
 
 
 def landmarks_png(m: PramMap) -> bytes:

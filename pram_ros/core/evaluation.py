@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .geometry import pose_from_T, rotation_error_deg
+from .geometry import pose_from_T, rotation_error_deg, umeyama
 
 THRESHOLDS = {"0.25m_2deg": (0.25, 2.0), "0.5m_5deg": (0.5, 5.0), "5m_10deg": (5.0, 10.0), "0.05m_5deg": (0.05, 5.0)}
 
@@ -39,19 +39,6 @@ class FrameRow:
 def errors(T_est: np.ndarray, T_gt: np.ndarray) -> tuple[float, float]:
     """(camera-centre distance, rotation angle in degrees) between two T_map_camera."""
     return float(np.linalg.norm(T_est[:3, 3] - T_gt[:3, 3])), rotation_error_deg(T_est[:3, :3], T_gt[:3, :3])
-
-
-def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Similarity (s, R, t) with dst ~ s R src + t (least squares)."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    U, S, Vt = np.linalg.svd(xd.T @ xs / len(src))
-    D = np.eye(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        D[2, 2] = -1
-    R = U @ D @ Vt
-    s = float(np.trace(np.diag(S) @ D) / max(xs.var(0).sum(), 1e-12))
-    return s, R, mu_d - s * R @ mu_s
 
 
 def summarize(rows: list[FrameRow], method: str, aligned: bool = False, scene_scale: float | None = None) -> dict[str, Any]:

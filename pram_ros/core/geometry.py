@@ -96,3 +96,16 @@ def planar_covariance(cov: np.ndarray) -> np.ndarray:
     keep = np.ix_([0, 1, 5], [0, 1, 5])
     out[keep] = np.asarray(cov)[keep]
     return out
+
+
+def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Similarity (s, R, t) with dst ~ s R src + t (least squares)."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    xs, xd = src - mu_s, dst - mu_d
+    U, S, Vt = np.linalg.svd(xd.T @ xs / len(src))
+    D = np.eye(3)
+    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
+        D[2, 2] = -1
+    R = U @ D @ Vt
+    s = float(np.trace(np.diag(S) @ D) / max(xs.var(0).sum(), 1e-12))
+    return s, R, mu_d - s * R @ mu_s

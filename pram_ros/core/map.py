@@ -63,7 +63,7 @@ class PramMap:
     vrf_points: np.ndarray
     recognizer_config: dict[str, Any]
     recognizer_state: dict[str, Any]  # name -> torch tensor
-    frame: str = "map"  # map | odom | arbitrary
+    frame: str = "map"  # the frame it was built in: map (ground truth), the SLAM's global frame, odom, arbitrary
     metric: bool = True
     info: dict[str, Any] = field(default_factory=dict)
     baseline: Baseline | None = None
@@ -152,6 +152,18 @@ def recover_interrupted(out: str | Path) -> list[str]:
     for d in done:
         log.warning("%s: %s", out, d)
     return done
+
+
+def frame_problem(m: PramMap, map_frame: str) -> str:
+    """Why poses from map `m` must not be published as `map_frame` poses ("" when they may): a map
+    built in another frame, or in an arbitrary frame and scale (SfM without poses), would put the
+    robot somewhere else than Nav2's map says."""
+    if m.frame == "arbitrary" or not m.metric:
+        return (f"the map's frame is arbitrary (built without poses: its origin, orientation and scale are "
+                f"SfM's), not the metric frame {map_frame!r}")
+    if m.frame != map_frame:
+        return f"the map was built in frame {m.frame!r}, the node's map_frame is {map_frame!r}"
+    return ""
 
 
 def save_map(m: PramMap, out: str | Path, extra_files: dict[str, bytes] | None = None) -> Path:

@@ -6,18 +6,12 @@ every layer (as in LightGlue); a linear head gives logits over 1 + K classes (0 
 """
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .params import setting, validate
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -107,116 +101,3 @@ class Recognizer(nn.Module):
         for layer in self.layers:
             x = layer(x, enc, mask)
         return self.head(x)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    keypoints_per_sample: int = 512
-    labelled_share: float = 0.7  # at most this share of a sample's keypoints carry a landmark label
-    batch_size: int = 8
-    steps: int = setting(400, "recognizer training steps: they decide the map, whatever the machine's load",
-                         range=(1, 1_000_000))
-    max_minutes: float = setting(60.0, "safety cap on training time [min] (0: none); a map it stops says so",
-                                 range=(0.001, 10_000.0), zero_off=True)
-    lr: float = 1e-3
-    final_lr_ratio: float = 0.05  # exponential decay to this share of lr at the last step
-    weight_no_landmark: float = 0.1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        validate(self)
-
-
-@dataclass
-class Sample:
-    """One training view: keypoints (N, 2) px, descriptors (N, D), labels (N,), image size."""
-
-    keypoints: np.ndarray
-    descriptors: np.ndarray
-    labels: np.ndarray
-    size: tuple[int, int]
-
-
-def _batch(samples: list[Sample], n: int, labelled_share: float, rng: np.random.Generator,
-           device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Fixed-size random subsets (padded and masked when an image has fewer keypoints)."""
-    b, dim = len(samples), samples[0].descriptors.shape[1]
-    desc = np.zeros((b, n, dim), np.float32)
-    kp = np.zeros((b, n, 2), np.float32)
-    lab = np.full((b, n), -100, np.int64)  # ignored by the loss
-    mask = np.zeros((b, n), bool)
-    for i, s in enumerate(samples):
-        pos, neg = np.flatnonzero(s.labels > 0), np.flatnonzero(s.labels == 0)
-        n_pos = min(len(pos), int(labelled_share * n))
-        n_neg = min(len(neg), n - n_pos)
-        idx = np.concatenate([rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)])
-        m = len(idx)
-        desc[i, :m], lab[i, :m], mask[i, :m] = s.descriptors[idx], s.labels[idx], True
-        w, h = s.size
-        kp[i, :m] = (s.keypoints[idx] - [w / 2, h / 2]) / (max(w, h) / 2)
-    t = [torch.from_numpy(x).to(device) for x in (desc, kp, lab, mask)]
-    return tuple(t)
-
-
-@torch.no_grad()
-def accuracy(model: Recognizer, samples: list[Sample], device: torch.device) -> dict[str, float]:
-    """Top-1 accuracy on labelled keypoints (landmark recognition) and on all keypoints."""
-    model.eval()
-    hit_lm = n_lm = hit_all = n_all = 0
-    for s in samples:
-        logits = model(torch.from_numpy(s.descriptors).float()[None].to(device),
-                       normalize_keypoints(torch.from_numpy(s.keypoints).float().to(device), s.size)[None])[0]
-        pred = logits.argmax(-1).cpu().numpy()
-        lm = s.labels > 0
-        hit_lm += int((pred[lm] == s.labels[lm]).sum())
-        n_lm += int(lm.sum())
-        hit_all += int((pred == s.labels).sum())
-        n_all += len(pred)
-    return {"landmark_accuracy": hit_lm / max(n_lm, 1), "overall_accuracy": hit_all / max(n_all, 1),
-            "labelled_keypoints": n_lm}
-
-
-def train(samples: list[Sample], val: list[Sample], conf: RecognizerConfig, tc: TrainConfig = TrainConfig(),
-          device: torch.device = torch.device("cpu"), progress: bool = True) -> tuple[Recognizer, dict]:
-    """Train on the map's own views; returns the model and a report (loss, accuracy, time)."""
-    from tqdm import tqdm
-
-    torch.manual_seed(tc.seed)
-    rng = np.random.default_rng(tc.seed)
-    model = Recognizer(conf).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=tc.final_lr_ratio ** (1 / max(tc.steps, 1)))
-    weight = torch.ones(conf.num_classes, device=device)
-    weight[0] = tc.weight_no_landmark
-    t0 = time.monotonic()
-    history: list[float] = []
-    order: list[int] = []
-    model.train()
-    bar = tqdm(range(tc.steps), desc="train recognizer", unit="step", disable=not progress)
-    for step in bar:
-        if len(order) < tc.batch_size:  # a new epoch: reshuffle
-            order += rng.permutation(len(samples)).tolist()
-        batch = [samples[i] for i in order[:tc.batch_size]]
-        del order[:tc.batch_size]
-        desc, kp, lab, mask = _batch(batch, tc.keypoints_per_sample, tc.labelled_share, rng, device)
-        logits = model(desc, kp, mask)
-        loss = F.cross_entropy(logits.reshape(-1, conf.num_classes), lab.reshape(-1), weight=weight,
-                               ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        history.append(loss.item())
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(history[-10:]):.3f}")
-        if tc.max_minutes and (time.monotonic() - t0) / 60 > tc.max_minutes and step + 1 < tc.steps:
-            log.warning("recognizer training stopped by its %.1f min safety cap after %d of %d steps",
-                        tc.max_minutes, step + 1, tc.steps)
-            break
-    report = {"steps": len(history), "steps_planned": tc.steps, "stopped_by_time_cap": len(history) < tc.steps,
-              "epochs": len(history) * tc.batch_size / len(samples),
-              "final_loss": float(np.mean(history[-20:])), "loss": history, "train_seconds": time.monotonic() - t0,
-              "parameters": sum(p.numel() for p in model.parameters())}
-    report.update({f"val_{k}": v for k, v in accuracy(model, val, device).items()})
-    model.eval()
-    return model, report

@@ -12,7 +12,7 @@ from scipy.spatial.transform import Rotation
 from .camera import Camera
 from .geometry import invert, make_T
 from .params import setting, validate
-from .sfm import rigid3d
+from .sfm import rigid3d, rigid_matrix
 
 MIN_POSITION_VAR = 1e-4  # 1 cm^2
 MIN_ROTATION_VAR = np.radians(1.0) ** 2  # (1 deg)^2
@@ -66,12 +66,6 @@ def estimate_pose(uv: np.ndarray, xyz: np.ndarray, camera: Camera, conf: Registr
     return PoseEstimate(make_T(pose.R, pose.t), inliers)
 
 
-def _cam_from_world(ret: dict) -> np.ndarray:
-    T = np.eye(4)
-    T[:3, :] = ret["cam_from_world"].matrix()
-    return T
-
-
 def refine_pose(T_camera_map: np.ndarray, uv: np.ndarray, xyz: np.ndarray, camera: Camera,
                 loss_scale_px: float = 1.0) -> np.ndarray | None:
     """T_camera_map re-fit to all the correspondences by non-linear least squares (Cauchy loss of
@@ -80,7 +74,7 @@ def refine_pose(T_camera_map: np.ndarray, uv: np.ndarray, xyz: np.ndarray, camer
     opts.loss_function_scale = loss_scale_px
     ret = pycolmap.refine_absolute_pose(rigid3d(T_camera_map), np.asarray(uv, np.float64) + 0.5,
                                         np.asarray(xyz, np.float64), np.ones(len(uv), bool), camera.to_pycolmap(), opts)
-    return None if ret is None else _cam_from_world(ret)
+    return None if ret is None else rigid_matrix(ret["cam_from_world"])
 
 
 def reprojection_errors(T_camera_map: np.ndarray, uv: np.ndarray, xyz: np.ndarray, camera: Camera) -> np.ndarray:

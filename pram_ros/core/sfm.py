@@ -2,7 +2,10 @@
 
 With known poses (ground truth, or odometry plus extrinsic), matches are verified against the
 epipolar geometry of those poses and pycolmap triangulates with the poses fixed, so the map is
-metric and in the map frame. Without poses, pycolmap verifies the matches and runs incremental
+metric and in the map frame. With approximate poses (a SLAM system's, good to centimetres), the
+matches are verified from the images alone, pycolmap triangulates from those poses, and bundle
+adjustment then refines poses and points with the poses' positions as priors, so the map stays in
+their frame and scale; the points are triangulated again from the refined poses. Without poses, pycolmap verifies the matches and runs incremental
 mapping; the result is then aligned (similarity) to whatever positions exist, or left in an
 arbitrary frame and scale, which the caller is told.
 """
@@ -18,7 +21,7 @@ import pycolmap
 import torch
 
 from .camera import Camera
-from .geometry import invert
+from .geometry import invert, make_T, rotation_error_deg
 from .matching import MatchConfig, mutual_nn
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ class SfmConfig:
     min_tri_angle_deg: float = 1.5
     max_reproj_px: float = 2.0
     match: MatchConfig = MatchConfig(ratio=0.95, min_similarity=0.5)
+    prior_ba_rounds: int = 2  # approximate poses: triangulate and bundle-adjust this many times
 
 
 @dataclass
@@ -52,11 +56,46 @@ class SfmInput:
 
 
 @dataclass
+class PoseAdjustment:
+    """How far bundle adjustment moved the cameras from their prior poses."""
+
+    median_m: float
+    max_m: float
+    median_deg: float
+    max_deg: float
+
+    def __str__(self) -> str:
+        return (f"median {self.median_m:.3f} m / {self.median_deg:.2f} deg, "
+                f"max {self.max_m:.3f} m / {self.max_deg:.2f} deg")
+
+
+@dataclass
 class SfmResult:
-    reconstruction: pycolmap.Reconstruction
-    metric: bool  # True when the frame and scale are the map frame's
-    image_ids: list[int]  # pycolmap image id of each input image (-1 when not registered)
+    """A reconstruction as plain arrays (pycolmap stays inside this module)."""
+
+    points: np.ndarray  # (P, 3) in the map frame
+    track_point: np.ndarray  # (M,) observations: point index,
+    track_image: np.ndarray  # (M,) input image index,
+    track_keypoint: np.ndarray  # (M,) and keypoint index in that image
+    T_cw: np.ndarray  # (N, 4, 4) camera-from-map of each input image; NaN where it is not registered
+    metric: bool  # True when the frame and scale are the given poses'
+    model_bytes: int  # the reconstruction as a COLMAP binary model: what an hloc map keeps beside the features
     warnings: list[str] = field(default_factory=list)
+    adjustment: PoseAdjustment | None = None  # with approximate poses: how far BA moved the cameras
+
+    @property
+    def registered(self) -> np.ndarray:
+        return np.isfinite(self.T_cw[:, 0, 0])
+
+    def track_lengths(self) -> np.ndarray:
+        return np.bincount(self.track_point, minlength=len(self.points))
+
+    def transform(self, scale: float, R: np.ndarray, t: np.ndarray) -> None:
+        """Apply the similarity x -> scale R x + t to the points and cameras."""
+        self.points = scale * self.points @ R.T + t
+        for i in np.flatnonzero(self.registered):
+            T_wc = invert(self.T_cw[i])
+            self.T_cw[i] = invert(make_T(R @ T_wc[:3, :3], scale * R @ T_wc[:3, 3] + t))
 
 
 def make_pairs(inputs: list[SfmInput], conf: SfmConfig) -> list[tuple[int, int]]:
@@ -140,9 +179,11 @@ def match_all(inputs: list[SfmInput], pairs: list[tuple[int, int]], conf: SfmCon
 
 
 def run_sfm(inputs: list[SfmInput], conf: SfmConfig = SfmConfig(), workdir: Path | None = None,
-            progress=None, pixel_scale: float = 1.0) -> SfmResult:
+            progress=None, pixel_scale: float = 1.0, prior_sigma_m: float = 0.0) -> SfmResult:
     """Triangulate with known poses when every input has one, else incremental mapping.
-    `pixel_scale` is image pixels per detector pixel (the detector may see a resized image)."""
+    `pixel_scale` is image pixels per detector pixel (the detector may see a resized image).
+    `prior_sigma_m` > 0: the poses are approximate, good to about that many metres; bundle
+    adjustment refines them (see the module's docstring)."""
     conf = replace(conf, epipolar_px=conf.epipolar_px * pixel_scale, max_reproj_px=conf.max_reproj_px * pixel_scale)
     if len(inputs) < 2:
         raise ValueError(f"SfM needs at least 2 images, got {len(inputs)}")
@@ -155,14 +196,26 @@ def run_sfm(inputs: list[SfmInput], conf: SfmConfig = SfmConfig(), workdir: Path
         pairs = make_pairs(inputs, conf)
         matches = match_all(inputs, pairs, conf, progress)
         log.info("%d pairs, %d with >= %d matches", len(pairs), len(matches), conf.min_matches)
-        if known:
-            return _triangulate_known(tmp, db_path, inputs, cams, cam_of, matches, conf)
-        return _incremental(tmp, db_path, inputs, matches, conf)
+        if not known:
+            return _incremental(tmp, db_path, inputs, matches, conf)
+        T_cw = [invert(x.T_map_camera) for x in inputs]
+        if not prior_sigma_m:
+            _verify_by_poses(db_path, inputs, cams, cam_of, T_cw, matches, conf)
+            rec = _triangulate(tmp / "fixed", db_path, inputs, cams, cam_of, T_cw, conf)
+            return _result(rec, len(inputs), True, tmp)
+        _verify_by_images(tmp, db_path, inputs, matches)
+        T_refined = T_cw
+        for k in range(conf.prior_ba_rounds):  # each round triangulates again from the refined poses
+            rec = _triangulate(tmp / f"round{k}", db_path, inputs, cams, cam_of, T_refined, conf)
+            _bundle_adjust_with_priors(rec, inputs, prior_sigma_m, conf)
+            T_refined = [rigid_matrix(rec.image(i + 1).cam_from_world()) for i in range(len(inputs))]
+        rec = _triangulate(tmp / "refined", db_path, inputs, cams, cam_of, T_refined, conf)
+        return _result(rec, len(inputs), True, tmp, adjustment=_moved(T_cw, T_refined))
 
 
-def _triangulate_known(tmp: Path, db_path: Path, inputs: list[SfmInput], cams: list[Camera], cam_of: list[int],
-                       matches: dict[tuple[int, int], np.ndarray], conf: SfmConfig) -> SfmResult:
-    T_cw = [invert(x.T_map_camera) for x in inputs]
+def _verify_by_poses(db_path: Path, inputs: list[SfmInput], cams: list[Camera], cam_of: list[int],
+                     T_cw: list[np.ndarray], matches: dict[tuple[int, int], np.ndarray], conf: SfmConfig) -> None:
+    """Keep the matches of each pair that agree with the epipolar geometry of the known poses."""
     norm = [cams[cam_of[i]].normalize(x.keypoints) for i, x in enumerate(inputs)]
     with pycolmap.Database.open(db_path) as db:
         for (i, j), m in matches.items():
@@ -177,6 +230,23 @@ def _triangulate_known(tmp: Path, db_path: Path, inputs: list[SfmInput], cams: l
                 tvg.cam2_from_cam1 = rigid3d(T21)
                 tvg.inlier_matches = m[ok].astype(np.uint32)
                 db.write_two_view_geometry(i + 1, j + 1, tvg)
+
+
+def _verify_by_images(tmp: Path, db_path: Path, inputs: list[SfmInput],
+                      matches: dict[tuple[int, int], np.ndarray]) -> None:
+    """Keep the matches of each pair that agree with a two-view geometry estimated from the matches
+    themselves (pycolmap's verification): poses that are only approximate would reject good matches."""
+    with pycolmap.Database.open(db_path) as db:
+        for (i, j), m in matches.items():
+            db.write_matches(i + 1, j + 1, m.astype(np.uint32))
+    pairs_txt = tmp / "pairs.txt"
+    pairs_txt.write_text("".join(f"{inputs[i].name} {inputs[j].name}\n" for i, j in matches))
+    pycolmap.verify_matches(db_path, pairs_txt)
+
+
+def _triangulate(out: Path, db_path: Path, inputs: list[SfmInput], cams: list[Camera], cam_of: list[int],
+                 T_cw: list[np.ndarray], conf: SfmConfig) -> pycolmap.Reconstruction:
+    """Points triangulated from the verified matches with the cameras held at T_cw."""
     rec = pycolmap.Reconstruction()
     for k, cam in enumerate(cams):
         pc = cam.to_pycolmap()
@@ -189,21 +259,52 @@ def _triangulate_known(tmp: Path, db_path: Path, inputs: list[SfmInput], cams: l
     opts = pycolmap.IncrementalPipelineOptions()
     opts.extract_colors = False
     opts.triangulation.min_angle = conf.min_tri_angle_deg
-    (tmp / "images").mkdir()
-    (tmp / "out").mkdir()
-    rec = pycolmap.triangulate_points(rec, db_path, tmp / "images", tmp / "out", options=opts)
+    (out / "images").mkdir(parents=True)
+    (out / "out").mkdir()
+    rec = pycolmap.triangulate_points(rec, db_path, out / "images", out / "out", options=opts)
     _filter(rec, conf)
-    return SfmResult(rec, True, list(range(1, len(inputs) + 1)))
+    return rec
+
+
+def _bundle_adjust_with_priors(rec: pycolmap.Reconstruction, inputs: list[SfmInput], sigma_m: float,
+                               conf: SfmConfig) -> None:
+    """Refine poses and points (intrinsics fixed) with a Cauchy loss on the reprojections and each
+    camera's prior position, sigma_m in every axis: the priors hold the frame and the scale."""
+    opts = pycolmap.BundleAdjustmentOptions()
+    opts.refine_focal_length = opts.refine_principal_point = opts.refine_extra_params = False
+    opts.print_summary = False
+    opts.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
+    opts.ceres.loss_function_scale = conf.max_reproj_px
+    config = pycolmap.BundleAdjustmentConfig()
+    priors = []
+    for i, x in enumerate(inputs):
+        img = rec.image(i + 1)
+        config.add_image(img.image_id)
+        config.set_constant_cam_intrinsics(img.camera_id)
+        priors.append(pycolmap.PosePrior(corr_data_id=img.data_id, position=x.T_map_camera[:3, 3],
+                                         position_covariance=np.eye(3) * sigma_m ** 2,
+                                         coordinate_system=pycolmap.PosePriorCoordinateSystem.CARTESIAN))
+    prior_opts = pycolmap.PosePriorBundleAdjustmentOptions()
+    prior_opts.prior_position_fallback_stddev = sigma_m
+    pycolmap.create_pose_prior_bundle_adjuster(opts, prior_opts, config, priors, rec).solve()
+
+
+def rigid_matrix(rigid: pycolmap.Rigid3d) -> np.ndarray:
+    """The 4x4 matrix of a pycolmap Rigid3d."""
+    T = np.eye(4)
+    T[:3, :] = rigid.matrix()
+    return T
+
+
+def _moved(T_cw_before: list[np.ndarray], T_cw_after: list[np.ndarray]) -> PoseAdjustment:
+    t = [np.linalg.norm(invert(a)[:3, 3] - invert(b)[:3, 3]) for a, b in zip(T_cw_before, T_cw_after)]
+    r = [rotation_error_deg(a[:3, :3], b[:3, :3]) for a, b in zip(T_cw_before, T_cw_after)]
+    return PoseAdjustment(float(np.median(t)), float(np.max(t)), float(np.median(r)), float(np.max(r)))
 
 
 def _incremental(tmp: Path, db_path: Path, inputs: list[SfmInput], matches: dict[tuple[int, int], np.ndarray],
                  conf: SfmConfig) -> SfmResult:
-    with pycolmap.Database.open(db_path) as db:
-        for (i, j), m in matches.items():
-            db.write_matches(i + 1, j + 1, m.astype(np.uint32))
-    pairs_txt = tmp / "pairs.txt"
-    pairs_txt.write_text("".join(f"{inputs[i].name} {inputs[j].name}\n" for i, j in matches))
-    pycolmap.verify_matches(db_path, pairs_txt)
+    _verify_by_images(tmp, db_path, inputs, matches)
     opts = pycolmap.IncrementalPipelineOptions()
     opts.extract_colors = False
     opts.num_threads = 2
@@ -214,11 +315,33 @@ def _incremental(tmp: Path, db_path: Path, inputs: list[SfmInput], matches: dict
         raise RuntimeError("incremental mapping registered no images: too few matches between the images")
     rec = max(models.values(), key=lambda r: r.num_reg_images())
     _filter(rec, conf)
-    ids = [i + 1 if rec.exists_image(i + 1) and rec.image(i + 1).has_pose else -1 for i in range(len(inputs))]
-    warnings = []
-    if sum(i > 0 for i in ids) < len(inputs):
-        warnings.append(f"SfM registered {sum(i > 0 for i in ids)} of {len(inputs)} images")
-    return SfmResult(rec, False, ids, warnings)
+    result = _result(rec, len(inputs), False, tmp)
+    n = int(result.registered.sum())
+    if n < len(inputs):
+        result.warnings.append(f"SfM registered {n} of {len(inputs)} images")
+    return result
+
+
+def _result(rec: pycolmap.Reconstruction, n: int, metric: bool, tmp: Path,
+            adjustment: PoseAdjustment | None = None) -> SfmResult:
+    """The reconstruction of n input images (image ids 1..n) as plain arrays."""
+    T_cw = np.full((n, 4, 4), np.nan)
+    for i in range(n):
+        if rec.exists_image(i + 1) and rec.image(i + 1).has_pose:
+            T_cw[i] = rigid_matrix(rec.image(i + 1).cam_from_world())
+    points, tp, ti, tk = [], [], [], []
+    for k, (_, pt) in enumerate(rec.points3D.items()):
+        points.append(pt.xyz)
+        for el in pt.track.elements:
+            tp.append(k)
+            ti.append(el.image_id - 1)
+            tk.append(el.point2D_idx)
+    model = tmp / "model"
+    model.mkdir()
+    rec.write_binary(model)
+    return SfmResult(np.array(points, np.float64).reshape(-1, 3), np.array(tp, np.int64), np.array(ti, np.int64),
+                     np.array(tk, np.int64), T_cw, metric, sum(f.stat().st_size for f in model.iterdir()),
+                     adjustment=adjustment)
 
 
 def _filter(rec: pycolmap.Reconstruction, conf: SfmConfig) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .bag import BagWriter
+from .bag import BagReader, BagWriter
 from .camera import Camera
 from .geometry import R_BASE_OPTICAL, invert, make_T
 
@@ -410,6 +410,37 @@ def write_run(path: str | Path, run: Run, scene: Scene, camera: Camera = DEMO_CA
             bag.write_image(int(stamps[i]), image, camera, CAMERA_FRAME)
             bag.write_pose(int(stamps[i]), T_map_camera)
     return len(image_ids)
+
+
+def write_slam_run(src: str | Path, out: str | Path, run: Run = MAP_RUN, seed: int = 3, sigma_xy_m: float = 0.02,
+                   sigma_yaw_deg: float = 0.3, start_delay_s: float = 3.0) -> int:
+    """The bag of `run` at `src` as a robot running a 2D SLAM system records it: the ground-truth
+    poses go, and `map -> odom` on /tf carries the SLAM's estimate, the truth with smoothly varying
+    errors in x, y and yaw (z, roll and pitch are a 2D SLAM's zeros). The SLAM starts
+    `start_delay_s` after the first odometry, so the first images have no pose in `map`.
+    Returns the number of `map -> odom` transforms written."""
+    stamps, T_map_base = trajectory(run)
+    T_odom_base = odometry(T_map_base, run.seed)
+    rng = np.random.default_rng(seed)
+    k = max(1, int(2.0 * run.odom_rate_hz))  # errors correlated over about 2 s, as a SLAM's corrections are
+    err = np.stack([np.convolve(rng.normal(0, 1, len(stamps) + 2 * k), np.ones(2 * k + 1), "valid")
+                    for _ in range(3)], 1)
+    err *= np.array([sigma_xy_m, sigma_xy_m, np.radians(sigma_yaw_deg)]) / err.std(0)
+    reader = BagReader(src)
+    topics = reader.topics
+    n = 0
+    with reader, BagWriter(out, overwrite=True) as bag:
+        for topic, msgtype, t, data in reader.raw_messages([x for x in reader.available if x != topics.pose]):
+            bag.write_cdr(topic, msgtype, data, t, transient_local=topic == topics.tf_static)
+        for i, t in enumerate(stamps):
+            if (t - stamps[0]) * 1e-9 < start_delay_s:
+                continue
+            T_slam = T_map_base[i].copy()
+            T_slam[:3, :3] = _Rz(err[i, 2]) @ T_slam[:3, :3]
+            T_slam[:2, 3] += err[i, :2]
+            bag.write_tf(int(t), [("map", "odom", T_slam @ invert(T_odom_base[i]))])
+            n += 1
+    return n
 
 
 def make_demo_data(out_dir: str | Path, storage: str = "sqlite3", compressed: str | None = None,

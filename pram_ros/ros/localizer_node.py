@@ -27,9 +27,8 @@ from ..core.camera import Camera, CameraError
 from ..core.geometry import T_from_pose, invert, planar_covariance, planar_pose
 from ..core.images import ImageError, decode_compressed, decode_image
 from ..core.localizer import Localizer, LocalizerConfig
-from ..core.map import MapError
+from ..core.map import MapError, frame_problem
 from ..core.params import problems
-from ..core.registration import RegistrationConfig
 from ..core.tf import TfBuffer, TfError
 from . import run_node
 from .conversions import image_to_msg, ns_to_time, pose_msgs, pose_to_T, time_to_ns, transform_msg, transform_to_T
@@ -167,12 +166,22 @@ class LocalizerNode(LifecycleNode):
                                f"{loc.device}")
         self.pub_landmarks.publish(self._landmark_markers())
 
-    @staticmethod
-    def _open_map(path: str, conf: LocalizerConfig) -> Localizer:
-        """Load and verify the map and run the networks once, so the first frame is not slow."""
+    def _open_map(self, path: str, conf: LocalizerConfig) -> Localizer:
+        """Load and verify the map (its frame included) and run the networks once, so the first
+        frame is not slow."""
         if not path:
             raise MapError("parameter map_path is empty")
         loc = Localizer(path, conf)
+        problem = frame_problem(loc.map, self.p("map_frame"))
+        if self.p("publish_tf") and self.p("tf_mode") == "map_odom" and self.p("map_frame") == self.p("odom_frame"):
+            raise MapError(f"map_frame and odom_frame are both {self.p('map_frame')!r}: map -> odom would be a "
+                           f"frame's transform to itself")
+        if problem and not self.p("allow_any_map_frame"):
+            raise MapError(f"{problem}: rebuild the map in {self.p('map_frame')!r} (build-map --pose-source "
+                           f"ground_truth or tf), set map_frame to the map's frame, or set allow_any_map_frame "
+                           f"to serve it anyway")
+        if problem:
+            self.get_logger().warning(f"{problem}; serving it as {self.p('map_frame')!r} (allow_any_map_frame)")
         loc.warm_up(loc.map.cameras[0])
         return loc
 

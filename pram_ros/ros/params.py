@@ -25,7 +25,9 @@ class LocalizerNodeConfig:
     """The localizer node's own settings: frames, topics, outputs, life cycle."""
 
     map_path: str = setting("", "map directory built by pram-ros build-map")
-    map_frame: str = setting("map", "global frame of the map")
+    map_frame: str = setting("map", "global frame of the map: the frame the map was built in")
+    allow_any_map_frame: bool = setting(False, "serve a map built in another frame than map_frame, or in an "
+                                               "arbitrary, non-metric one, as if it were map_frame")
     odom_frame: str = setting("odom", "odometry frame (REP-105)")
     base_frame: str = setting("base_link", "robot body frame")
     camera_frame: str = setting("", "camera optical frame; empty: the image header's frame_id")

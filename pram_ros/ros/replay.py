@@ -159,6 +159,7 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
         start = time.monotonic()
         n_images = 0
         last_image: int | None = None
+        last_msg = None  # the last image message, to send again when its extrinsic was missed
         for k, (topic, msgtype, t, raw) in enumerate(messages):
             if lockstep:
                 if topic == image_topic and last_image is not None:
