@@ -11,6 +11,7 @@ from .core.build import build_settings
 from .core.localizer import LocalizerConfig
 from .core.params import add_options, options, specs
 from .core.registration import RegistrationConfig
+from .core.workdir import STAGES
 
 
 def evaluate_settings() -> dict:
@@ -86,7 +87,7 @@ def cmd_build_map(a: argparse.Namespace) -> int:
 
     _quiet_colmap()
     conf = build_config(options(a, build_settings()))
-    summary = build_map(a.bag, a.out, conf, _topics(a))
+    summary = build_map(a.bag, a.out, conf, _topics(a), work_dir=a.work_dir, from_stage=a.from_stage)
     for w in summary.warnings:
         print(f"WARNING: {w}")
     print(f"== map written to {summary.out}")
@@ -187,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-map", help="build a PRAM map from a contract bag")
     p.add_argument("bag")
     p.add_argument("--out", required=True, help="map directory to write (replaced atomically)")
+    p.add_argument("--work-dir", help="where each stage's result goes, so that a rerun resumes after the last "
+                                      "finished stage (default: OUT.work beside the map)")
+    p.add_argument("--from-stage", choices=STAGES, help="redo this stage and the ones after it, whatever the work "
+                                                         "directory holds")
     add_options(p, build_settings())
     _topic_args(p)
     p.set_defaults(func=cmd_build_map)

@@ -1,6 +1,7 @@
 """Writes are atomic: a map build or a map write killed with SIGKILL leaves the previous map intact
 (or, in the instant between two renames, the previous map set aside and put back by the next run),
-never a half-written map that loads; the next run finishes cleanly."""
+never a half-written map that loads; the next run finishes cleanly, resuming after the last stage
+the killed one finished."""
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pram_ros.core.build import BuildConfig, build_map
+from pram_ros.core.build import BuildConfig, build_config, build_map
 from pram_ros.core.map import MapError, load_map, recover_interrupted, save_map
 from pram_ros.core.training import TrainConfig
 
@@ -66,6 +67,35 @@ def test_build_killed_after_each_stage_keeps_the_previous_map_then_finishes(smal
     assert done.returncode == 0, done.stderr[-2000:]
     assert _digest(out) != before and _leftovers(out) == []
     assert len(load_map(out).points) > 100
+
+
+def test_build_killed_in_training_resumes_at_training(small_bag, tmp_path):
+    """The stages before the one killed come from the work directory; a changed setting redoes the
+    stages it affects, and --from-stage the named one and those after it."""
+    out, work = tmp_path / "map", tmp_path / "work"
+    proc = subprocess.Popen(_build_cmd(small_bag, out) + ["--work-dir", str(work)], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "stage landmarks done" in line:
+            proc.send_signal(signal.SIGKILL)  # training has begun
+            break
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    assert (work / "landmarks.json").exists() and not (work / "training.json").exists() and not out.exists()
+
+    conf = build_config({"steps": STEPS, "device": "cpu"})  # what the command line above asked for
+    summary = build_map(small_bag, out, conf, progress=False, work_dir=work)
+    assert summary.resumed == ["frames", "features", "sfm", "landmarks"]
+    assert summary.recognition["steps"] == STEPS and len(load_map(out).points) > 100
+
+    again = build_map(small_bag, out, build_config({"steps": STEPS, "device": "cpu", "landmarks": 6}),
+                      progress=False, work_dir=work)
+    assert again.resumed == ["frames", "features", "sfm"] and again.landmarks == 6
+    redo = build_map(small_bag, out, conf, progress=False, work_dir=work, from_stage="sfm")
+    assert redo.resumed == ["frames", "features"]
+    assert redo.points == summary.points and redo.landmarks == summary.landmarks  # the same map again
 
 
 WRITER = """

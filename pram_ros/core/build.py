@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from .bag import BagReader, BagTopics, Frame, Frames
 from .camera import Camera
@@ -23,6 +24,7 @@ from .params import Spec, setting, specs, validate
 from .recognition import RecognizerConfig
 from .training import TrainConfig, train, training_samples
 from .sfm import PoseAdjustment, SfmConfig, SfmInput, SfmResult, run_sfm
+from .workdir import WorkDir, path_identity, stage_key
 
 log = logging.getLogger(__name__)
 POSE_SOURCES = ("auto", "ground_truth", "tf", "odometry", "none")
@@ -89,7 +91,7 @@ def build_config(values: dict[str, Any]) -> BuildConfig:
 class Keyframe:
     name: str
     stamp_ns: int
-    image: np.ndarray
+    image: np.ndarray | None  # None until read (a resumed build reads the bag again only when it must)
     camera: Camera
     T_map_camera: np.ndarray | None  # the pose used for triangulation (ground truth or odometry)
     T_odom_camera: np.ndarray | None  # from odometry, for aligning a pose-less reconstruction
@@ -111,6 +113,8 @@ class BuildSummary:
     pose_source: str = ""
     skipped_no_pose: int = 0
     adjustment: PoseAdjustment | None = None  # how far bundle adjustment moved the cameras (tf poses)
+    resumed: list[str] = field(default_factory=list)  # stages taken from the work directory
+    work_dir: Path | None = None
 
     def table(self) -> str:
         mb = 1e6
@@ -129,7 +133,10 @@ class BuildSummary:
                 ("recognizer weights (fp16)", f"{self.sizes['weights'] / mb:.2f} MB"),
                 ("hloc-style map", f"{self.sizes['hloc_style'] / mb:.2f} MB"),
                 ("map data / hloc-style", f"{self.sizes['map_data'] / max(self.sizes['hloc_style'], 1):.1%}")]
-        rows += [(f"time: {k}", f"{v:.1f} s") for k, v in self.stage_seconds.items()]
+        rows += [(f"time: {k}", f"{v:.1f} s" + (" (resumed from the work directory)" if k in self.resumed else ""))
+                 for k, v in self.stage_seconds.items()]
+        if self.work_dir is not None:
+            rows.append(("work directory", f"{self.work_dir} (delete it to reclaim the space)"))
         w = max(len(r[0]) for r in rows)
         return "\n".join(f"  {a:<{w}}  {b}" for a, b in rows)
 
@@ -258,60 +265,155 @@ def hloc_style_bytes(result: SfmResult, feats) -> int:
     return sum(len(k) * (2 * 4 + 4) + d.size * 2 for k, d in feats) + result.model_bytes
 
 
+def _bag_frames(bag: Path, topics: BagTopics, conf: BuildConfig, kfs: list[Keyframe]) -> None:
+    """Read the keyframes' images again (a build resumed after the frames stage has none)."""
+    by_stamp = {k.stamp_ns: k for k in kfs if k.image is None}
+    if not by_stamp:
+        return
+    with BagReader(bag, topics, conf.frames()) as reader:
+        for f in reader.frames():
+            if f.stamp_ns in by_stamp:
+                by_stamp.pop(f.stamp_ns).image = f.image
+    if by_stamp:
+        raise RuntimeError(f"{bag}: {len(by_stamp)} keyframe images are no longer in the bag; rebuild with "
+                           f"--from-stage frames")
+
+
+def _nan_if_none(Ts: list[np.ndarray | None]) -> np.ndarray:
+    return np.array([np.full((4, 4), np.nan) if T is None else T for T in Ts]).reshape(-1, 4, 4)
+
+
+def _none_if_nan(T: np.ndarray) -> np.ndarray | None:
+    return None if np.isnan(T[0, 0]) else T
+
+
+class Stages:
+    """The build's stages, each loaded from the work directory when it finished there with the same
+    inputs and settings, else run and stored (see workdir.py)."""
+
+    def __init__(self, work: WorkDir, on_stage: Callable[[str, float], None] | None) -> None:
+        self.work, self.on_stage = work, on_stage
+        self.times: dict[str, float] = {}
+        self.resumed: list[str] = []
+        self.key = ""
+
+    def run(self, stage: str, settings: Any, compute: Callable[[], tuple[dict, dict]]) -> tuple[dict, dict]:
+        """(arrays, metadata) of the stage: stored, or computed by `compute` and stored."""
+        self.key = stage_key(self.key, settings)
+        t = time.monotonic()
+        stored = self.work.load(stage, self.key)
+        if stored is not None:
+            self.resumed.append(stage)
+            log.info("stage %s resumed from %s", stage, self.work.path)
+            arrays, meta = stored
+        else:
+            arrays, meta = compute()
+            self.work.save(stage, self.key, arrays, meta, time.monotonic() - t)
+        self.done(stage, time.monotonic() - t)
+        return arrays, meta
+
+    def done(self, stage: str, seconds: float) -> None:
+        self.times[stage] = seconds
+        log.info("stage %s done in %.1f s", stage, seconds)
+        if self.on_stage:
+            self.on_stage(stage, seconds)
+
+
 def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(), topics: BagTopics = BagTopics(),
-              progress: bool = True, on_stage: Callable[[str, float], None] | None = None) -> BuildSummary:
+              progress: bool = True, on_stage: Callable[[str, float], None] | None = None,
+              work_dir: str | Path | None = None, from_stage: str | None = None) -> BuildSummary:
     """Build a PRAM map from a contract bag into `out` (written atomically).
 
+    Each stage's result goes into `work_dir` (default: `<out>.work` beside it); a rerun with the
+    same bag and settings resumes after the last finished stage, and changed settings redo the
+    stages they affect. `from_stage` redoes that stage and those after it, whatever is stored.
     `on_stage(stage, seconds)` is called after each stage (the map_builder node puts it on /diagnostics).
     """
-    times: dict[str, float] = {}
-    warnings: list[str] = []
+    bag, out = Path(bag), Path(out)
     recover_interrupted(out)  # a build killed before: its half-written output goes, a moved-aside map returns
-    t = time.monotonic()
+    stages = Stages(WorkDir(work_dir or out.with_name(out.name + ".work"), from_stage), on_stage)
+    warnings: list[str] = []
 
-    def lap(name: str) -> None:
-        nonlocal t
-        times[name] = time.monotonic() - t
-        t = time.monotonic()
-        log.info("stage %s done in %.1f s", name, times[name])
-        if on_stage:
-            on_stage(name, times[name])
+    def frames_stage() -> tuple[dict, dict]:
+        with BagReader(bag, topics, conf.frames()) as reader:
+            sel = select_keyframes(reader, conf)
+        nonlocal images
+        images = {k.stamp_ns: k.image for k in sel.keyframes}
+        cams = list(dict.fromkeys(k.camera for k in sel.keyframes))
+        return ({"stamps": np.array([k.stamp_ns for k in sel.keyframes], np.int64).reshape(-1),
+                 "camera": np.array([cams.index(k.camera) for k in sel.keyframes], np.int32).reshape(-1),
+                 "T_map_camera": _nan_if_none([k.T_map_camera for k in sel.keyframes]),
+                 "T_odom_camera": _nan_if_none([k.T_odom_camera for k in sel.keyframes])},
+                {"source": sel.source, "skipped_no_pose": sel.skipped_no_pose,
+                 "cameras": [c.__dict__ | {"D": list(c.D)} for c in cams]})
 
-    with BagReader(bag, topics, conf.frames()) as reader:
-        sel = select_keyframes(reader, conf)
-    kfs, source = sel.keyframes, sel.source
-    if sel.skipped_no_pose:
-        warnings.append(f"{sel.skipped_no_pose} images had no {source} pose at their stamp and were skipped")
+    images: dict[int, np.ndarray] = {}
+    a, meta = stages.run("frames", [path_identity(bag), asdict(topics), asdict(conf.frames()), conf.pose_source,
+                                    conf.camera_extrinsic, conf.keyframe_min_translation,
+                                    conf.keyframe_min_rotation_deg, conf.keyframe_min_interval_s, conf.max_images],
+                         frames_stage)
+    cams = [Camera(**{**c, "D": tuple(c["D"])}) for c in meta["cameras"]]
+    kfs = [Keyframe(f"{i:05d}", int(t), images.get(int(t)), cams[c], _none_if_nan(Tm), _none_if_nan(To))
+           for i, (t, c, Tm, To) in enumerate(zip(a["stamps"], a["camera"], a["T_map_camera"], a["T_odom_camera"]))]
+    source, skipped = meta["source"], meta["skipped_no_pose"]
+    if skipped:
+        warnings.append(f"{skipped} images had no {source} pose at their stamp and were skipped"
+                        + (f" (no {conf.global_frame} -> {conf.base_frame} on /tf then)" if source == "tf" else ""))
     if len(kfs) < 3:
         raise RuntimeError(f"{bag}: only {len(kfs)} usable keyframes with poses from {source}; a map needs at "
                            f"least 3" + (f" ({warnings[-1]})" if warnings else ""))
     log.info("%d keyframes, poses from %s", len(kfs), source)
-    lap("frames")
 
     extractor = make_extractor(conf.features)
-    feats = extract_features(kfs, extractor, progress)
-    lap("features")
 
-    inputs = [SfmInput(k.name, k.camera, f[0], f[1], k.T_map_camera) for k, f in zip(kfs, feats)]
-    result = run_sfm(inputs, conf.sfm, pixel_scale=max(conf.features.pixels_per_detector_pixel(k.camera.width,
-                                                                                             k.camera.height)
-                                                        for k in kfs),
-                     prior_sigma_m=conf.prior_sigma_m if source == "tf" else 0.0)
+    def features_stage() -> tuple[dict, dict]:
+        _bag_frames(bag, topics, conf, kfs)
+        f = extract_features(kfs, extractor, progress)
+        return {"ptr": np.cumsum([0] + [len(k) for k, _ in f]), "keypoints": np.concatenate([k for k, _ in f]),
+                "descriptors": np.concatenate([d for _, d in f])}, {}
+
+    a, _ = stages.run("features", conf.features.identity() | {"weights": conf.features.weights}, features_stage)
+    feats = [(a["keypoints"][lo:hi], a["descriptors"][lo:hi]) for lo, hi in zip(a["ptr"][:-1], a["ptr"][1:])]
+
+    def sfm_stage() -> tuple[dict, dict]:
+        inputs = [SfmInput(k.name, k.camera, f[0], f[1], k.T_map_camera) for k, f in zip(kfs, feats)]
+        scale = max(conf.features.pixels_per_detector_pixel(k.camera.width, k.camera.height) for k in kfs)
+        r = run_sfm(inputs, conf.sfm, pixel_scale=scale, prior_sigma_m=conf.prior_sigma_m if source == "tf" else 0.0)
+        if r.adjustment is not None:
+            log.info("bundle adjustment moved the cameras from their %s poses: %s", source, r.adjustment)
+        frame = {"ground_truth": "map", "tf": conf.global_frame, "odometry": "odom"}.get(source, "arbitrary")
+        if source == "none":
+            frame = align_to_odometry(r, kfs)
+            r.warnings.append("no poses and no odometry: the map's scale and frame are arbitrary" if frame == "arbitrary"
+                              else "no poses: the map was aligned to odometry (frame odom, scale from odometry)")
+        return ({k: getattr(r, k) for k in ("points", "track_point", "track_image", "track_keypoint", "T_cw")},
+                {"metric": r.metric, "model_bytes": r.model_bytes, "warnings": r.warnings, "frame": frame,
+                 "adjustment": asdict(r.adjustment) if r.adjustment else None})
+
+    a, meta = stages.run("sfm", [asdict(conf.sfm), conf.prior_sigma_m], sfm_stage)
+    result = SfmResult(**a, metric=meta["metric"], model_bytes=meta["model_bytes"], warnings=meta["warnings"],
+                       adjustment=PoseAdjustment(**meta["adjustment"]) if meta["adjustment"] else None)
+    frame = meta["frame"]
     warnings += result.warnings
-    if result.adjustment is not None:
-        log.info("bundle adjustment moved the cameras from their %s poses: %s", source, result.adjustment)
-    frame = {"ground_truth": "map", "tf": conf.global_frame, "odometry": "odom"}.get(source, "arbitrary")
-    if source == "none":
-        frame = align_to_odometry(result, kfs)
-        if frame == "arbitrary":
-            warnings.append("no poses and no odometry: the map's scale and frame are arbitrary")
-        else:
-            warnings.append("no poses: the map was aligned to odometry (frame odom, scale from odometry)")
-    lap("sfm")
 
-    lm = make_landmarks(result, kfs, feats, conf.landmarks)
-    obs, labels, vrfs, T_cw = lm.observations, lm.labels, lm.vrfs, lm.T_cw
-    lap("landmarks")
+    def landmarks_stage() -> tuple[dict, dict]:
+        m = make_landmarks(result, kfs, feats, conf.landmarks)
+        ids = sorted(m.T_cw)
+        return ({"xyz": m.xyz, "labels": m.labels, "descriptors": m.descriptors, "obs_point": m.observations.point,
+                 "obs_image": m.observations.image, "obs_keypoint": m.observations.keypoint,
+                 "vrfs": np.array(m.vrfs, np.int64).reshape(-1, 2),
+                 "vrf_ptr": np.cumsum([0] + [len(p) for p in m.vrf_points]),
+                 "vrf_points": np.concatenate(m.vrf_points).astype(np.int64) if m.vrf_points else np.zeros(0, np.int64),
+                 "T_cw_ids": np.array(ids, np.int64), "T_cw": np.array([m.T_cw[i] for i in ids]).reshape(-1, 4, 4)},
+                {})
+
+    a, _ = stages.run("landmarks", asdict(conf.landmarks), landmarks_stage)
+    marks = Landmarks(a["xyz"], a["labels"], a["descriptors"],
+                      Observations(a["obs_point"], a["obs_image"], a["obs_keypoint"]),
+                      [(int(lm_), int(img)) for lm_, img in a["vrfs"]],
+                      [a["vrf_points"][lo:hi] for lo, hi in zip(a["vrf_ptr"][:-1], a["vrf_ptr"][1:])],
+                      {int(i): T for i, T in zip(a["T_cw_ids"], a["T_cw"])})
+    obs, labels, vrfs, T_cw = marks.observations, marks.labels, marks.vrfs, marks.T_cw
 
     # Per-keypoint training labels: landmark + 1 space is 1..K already (0 = no landmark).
     kp_labels = [np.zeros(len(f[0]), np.int64) for f in feats]
@@ -320,34 +422,39 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
         kp_labels[obs.image[n]][obs.keypoint[n]] = labels[obs.point[n]]
         kp_point[obs.image[n]][obs.keypoint[n]] = obs.point[n]
     rconf = replace(conf.recognizer, descriptor_dim=extractor.dim, num_classes=int(labels.max()) + 1)
-    train_s, val_s = training_samples([k.image for k in kfs], feats, kp_labels, extractor, conf.train, progress)
-    model, report = train(train_s, val_s, rconf, conf.train, resolve_device(conf.features.device), progress)
+
+    def training_stage() -> tuple[dict, dict]:
+        _bag_frames(bag, topics, conf, kfs)
+        train_s, val_s = training_samples([k.image for k in kfs], feats, kp_labels, extractor, conf.train, progress)
+        model, report = train(train_s, val_s, rconf, conf.train, resolve_device(conf.features.device), progress)
+        counts = np.bincount(np.concatenate([s.labels[s.labels > 0] for s in val_s]) if val_s else [0])
+        report["chance"] = float(counts.max() / max(counts.sum(), 1)) if counts.sum() else 0.0
+        return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}, {"report": report}
+
+    a, meta = stages.run("training", [rconf.to_dict(), asdict(conf.train)], training_stage)
+    state, report = {k: torch.from_numpy(v) for k, v in a.items()}, meta["report"]
     if report["stopped_by_time_cap"]:
         warnings.append(f"recognizer training stopped by its {conf.train.max_minutes:g} min safety cap after "
                         f"{report['steps']} of {report['steps_planned']} steps: this map is less trained than "
                         f"asked (a busy machine?); rebuild it, or raise the cap")
         log.warning(warnings[-1])
-    counts = np.bincount(np.concatenate([s.labels[s.labels > 0] for s in val_s]) if val_s else [0])
-    report["chance"] = float(counts.max() / max(counts.sum(), 1)) if counts.sum() else 0.0
-    lap("training")
 
+    t = time.monotonic()
     frames_used = sorted({img for _, img in vrfs})
     frame_of = {img: n for n, img in enumerate(frames_used)}
-    cams = list(dict.fromkeys(k.camera for k in kfs))
     m = PramMap(
-        features=conf.features.identity(), cameras=cams, points=lm.xyz.astype(np.float32), labels=labels,
-        descriptors=lm.descriptors.astype(np.float16), frame_T=np.array([invert(T_cw[i]) for i in frames_used]),
+        features=conf.features.identity(), cameras=cams, points=marks.xyz.astype(np.float32), labels=labels,
+        descriptors=marks.descriptors.astype(np.float16), frame_T=np.array([invert(T_cw[i]) for i in frames_used]),
         frame_camera=np.array([cams.index(kfs[i].camera) for i in frames_used], np.int32),
         vrf_frame=np.array([frame_of[img] for _, img in vrfs], np.int32),
-        vrf_landmark=np.array([lm for lm, _ in vrfs], np.int32),
-        vrf_ptr=np.concatenate([[0], np.cumsum([len(p) for p in lm.vrf_points])]).astype(np.int64),
-        vrf_points=np.concatenate(lm.vrf_points).astype(np.int32) if lm.vrf_points else np.zeros(0, np.int32),
-        recognizer_config=rconf.to_dict(), recognizer_state=model.state_dict(), frame=frame, images=len(kfs),
-        metric=frame != "arbitrary", info={"bag": str(bag), "pose_source": source,
-                                           "skipped_no_pose": sel.skipped_no_pose,
-                                           "pose_adjustment": asdict(result.adjustment) if result.adjustment else None,
-                                           "recognition": {
-            k: v for k, v in report.items() if k != "loss"}, "warnings": warnings},
+        vrf_landmark=np.array([landmark for landmark, _ in vrfs], np.int32),
+        vrf_ptr=np.concatenate([[0], np.cumsum([len(p) for p in marks.vrf_points])]).astype(np.int64),
+        vrf_points=np.concatenate(marks.vrf_points).astype(np.int32) if marks.vrf_points else np.zeros(0, np.int32),
+        recognizer_config=rconf.to_dict(), recognizer_state=state, frame=frame, images=len(kfs),
+        metric=frame != "arbitrary",
+        info={"bag": str(bag), "pose_source": source, "skipped_no_pose": skipped,
+              "pose_adjustment": asdict(result.adjustment) if result.adjustment else None,
+              "recognition": {k: v for k, v in report.items() if k != "loss"}, "warnings": warnings},
         baseline=Baseline(
             ptr=np.concatenate([[0], np.cumsum([len(f[0]) for f in feats])]),
             keypoints=np.concatenate([f[0] for f in feats]), descriptors=np.concatenate([f[1] for f in feats]),
@@ -355,16 +462,15 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
             T_map_camera=np.array([invert(T_cw[i]) if i in T_cw else np.full((4, 4), np.nan)
                                    for i in range(len(kfs))]),
             camera=np.array([cams.index(k.camera) for k in kfs], np.int32)))
-    out = Path(out)
-    plot = landmarks_png(m)
-    save_map(m, out, {"landmarks.png": plot})
-    lap("write")
+    save_map(m, out, {"landmarks.png": landmarks_png(m)})
+    stages.done("write", time.monotonic() - t)
 
     files = {p.name: p.stat().st_size for p in out.iterdir()}
     sizes = {"map_data": files["map.npz"], "weights": files["recognizer.safetensors"],
              "baseline": files.get("baseline.npz", 0), "hloc_style": hloc_style_bytes(result, feats)}
-    return BuildSummary(out, len(kfs), len(lm.xyz), m.num_landmarks, len(vrfs), frame, m.metric, report, times,
-                        sizes, warnings, source, sel.skipped_no_pose, result.adjustment)
+    return BuildSummary(out, len(kfs), len(marks.xyz), m.num_landmarks, len(vrfs), frame, m.metric, report,
+                        stages.times, sizes, warnings, source, skipped, result.adjustment, stages.resumed,
+                        stages.work.path)
 
 
 def landmarks_png(m: PramMap) -> bytes:
