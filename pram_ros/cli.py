@@ -61,7 +61,10 @@ def cmd_info(a: argparse.Namespace) -> int:
 def cmd_make_demo_data(a: argparse.Namespace) -> int:
     from .core.synthetic import make_demo_data
 
-    paths = make_demo_data(a.out, storage=a.storage, compressed=a.compressed, max_images=a.max_images)
+    if a.blocks < 1:
+        raise ValueError(f"--blocks must be at least 1, got {a.blocks}")
+    paths = make_demo_data(a.out, storage=a.storage, compressed=a.compressed, max_images=a.max_images,
+                           blocks=a.blocks)
     for p in paths.values():
         print(bag_summary(p))
     return 0
@@ -84,10 +87,14 @@ def _quiet_colmap() -> None:
 
 def cmd_build_map(a: argparse.Namespace) -> int:
     from .core.build import build_config, build_map
+    from .core.distributed import init_from_env
 
     _quiet_colmap()
     conf = build_config(options(a, build_settings()))
+    init_from_env(conf.features.device)  # under torchrun: join its processes (distributed.py)
     summary = build_map(a.bag, a.out, conf, _topics(a), work_dir=a.work_dir, from_stage=a.from_stage)
+    if summary is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     for w in summary.warnings:
         print(f"WARNING: {w}")
     print(f"== map written to {summary.out}")
@@ -176,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3")
     p.add_argument("--compressed", choices=["jpeg", "png"], default=None, help="write CompressedImage")
     p.add_argument("--max-images", type=int, default=None, help="truncate each run (for quick tests)")
+    p.add_argument("--blocks", type=int, default=1, help="site size: blocks of three rooms, about 190 map "
+                                                           "keyframes each (default: 1, the demo)")
     p.set_defaults(func=cmd_make_demo_data)
 
     p = sub.add_parser("fox-to-bag", help="convert the fox image set into a map bag and a query bag")

@@ -4,8 +4,8 @@ import pytest
 
 from pram_ros.core.bag import BagReader
 from pram_ros.core.geometry import invert, make_T
-from pram_ros.core.synthetic import (DEMO_CAMERA, FLAT, MAP_RUN, QUERY_RUN, T_BASE_CAMERA, Renderer, _Rz,
-                                     build_scene, odometry, trajectory)
+from pram_ros.core.synthetic import (BLOCK_Y, DEMO_CAMERA, FLAT, MAP_RUN, QUERY_RUN, T_BASE_CAMERA, Renderer, _Rz,
+                                     build_scene, odometry, site_runs, trajectory)
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +84,27 @@ def test_odometry_drifts_realistically(run):
     end_err = np.linalg.norm((invert(T[0]) @ T[-1])[:3, 3] - odo[-1][:3, 3])
     assert 0.003 * path < end_err < 0.05 * path
     assert np.allclose(odo[0], np.eye(4))
+
+
+def test_a_larger_site_chains_blocks_through_doors():
+    """`blocks`: one block is the demo; more blocks are connected through doors, the runs drive
+    through every block without passing through a wall, and the blocks look different."""
+    assert site_runs(1) == (MAP_RUN, QUERY_RUN)
+    scene = build_scene(blocks=3)
+    for run in site_runs(3):
+        _, T = trajectory(run)
+        xy = np.array([t[:2, 3] for t in T])
+        assert xy[:, 1].max() > 2 * BLOCK_Y  # it reaches the last block
+        # no step of the run crosses a wall: a ray along each step hits nothing closer than the step
+        steps = xy[1:] - xy[:-1]
+        origins = np.c_[xy[:-1], np.full(len(steps), 1.0)]
+        dirs = np.c_[steps, np.zeros(len(steps))]
+        hits = [scene.raycast(o, d[None])[0][0] for o, d in zip(origins[::7], dirs[::7])]
+        assert all(h > 1.0 for h in hits)  # (distance in units of the step: > 1 means beyond it)
+    # the same spot in the second block looks different from the first
+    renderer = Renderer(scene, DEMO_CAMERA)
+    T0 = make_T(_Rz(0.3), [4.0, 3.0, 0.0]) @ T_BASE_CAMERA
+    T1 = T0.copy()
+    T1[1, 3] += BLOCK_Y
+    a, b = renderer.render(T0, FLAT).astype(float), renderer.render(T1, FLAT).astype(float)
+    assert np.abs(a - b).mean() > 10

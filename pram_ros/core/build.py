@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import distributed
 from .bag import BagReader, BagTopics, Frame, Frames
 from .camera import Camera
 from .features import Extractor, FeatureConfig, make_extractor, resolve_device
@@ -297,40 +298,53 @@ class Stages:
         self.resumed: list[str] = []
         self.key = ""
 
-    def run(self, stage: str, settings: Any, compute: Callable[[], tuple[dict, dict]]) -> tuple[dict, dict]:
-        """(arrays, metadata) of the stage: stored, or computed by `compute` and stored."""
+    def run(self, stage: str, settings: Any, compute: Callable[[], tuple[dict, dict]],
+            split: bool = False) -> tuple[dict, dict]:
+        """(arrays, metadata) of the stage: stored, or computed by `compute` and stored.
+
+        Under torchrun rank 0 decides and stores; a `split` stage is computed by every rank (its
+        `compute` shares the work), another by rank 0 alone while the others wait and then load it."""
         self.key = stage_key(self.key, settings)
         t = time.monotonic()
-        stored = self.work.load(stage, self.key)
-        if stored is not None:
+        stored = self.work.load(stage, self.key) if distributed.rank() == 0 else None
+        if distributed.from_rank0(stored is not None):
             self.resumed.append(stage)
             log.info("stage %s resumed from %s", stage, self.work.path)
-            arrays, meta = stored
+            arrays, meta = stored or self.work.load(stage, self.key)
         else:
-            arrays, meta = compute()
-            self.work.save(stage, self.key, arrays, meta, time.monotonic() - t)
+            if split or distributed.rank() == 0:
+                arrays, meta = compute()
+            if distributed.rank() == 0:
+                self.work.save(stage, self.key, arrays, meta, time.monotonic() - t)
+            distributed.barrier()
+            if not split and distributed.rank() != 0:
+                arrays, meta = self.work.load(stage, self.key)
         self.done(stage, time.monotonic() - t)
         return arrays, meta
 
     def done(self, stage: str, seconds: float) -> None:
         self.times[stage] = seconds
-        log.info("stage %s done in %.1f s", stage, seconds)
+        if distributed.rank() == 0:
+            log.info("stage %s done in %.1f s", stage, seconds)
         if self.on_stage:
             self.on_stage(stage, seconds)
 
 
 def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(), topics: BagTopics = BagTopics(),
               progress: bool = True, on_stage: Callable[[str, float], None] | None = None,
-              work_dir: str | Path | None = None, from_stage: str | None = None) -> BuildSummary:
+              work_dir: str | Path | None = None, from_stage: str | None = None) -> BuildSummary | None:
     """Build a PRAM map from a contract bag into `out` (written atomically).
 
     Each stage's result goes into `work_dir` (default: `<out>.work` beside it); a rerun with the
     same bag and settings resumes after the last finished stage, and changed settings redo the
     stages they affect. `from_stage` redoes that stage and those after it, whatever is stored.
     `on_stage(stage, seconds)` is called after each stage (the map_builder node puts it on /diagnostics).
+    Under torchrun (see distributed.py) only rank 0 writes and returns the summary; the others return None.
     """
     bag, out = Path(bag), Path(out)
-    recover_interrupted(out)  # a build killed before: its half-written output goes, a moved-aside map returns
+    progress = progress and distributed.rank() == 0
+    if distributed.rank() == 0:
+        recover_interrupted(out)  # a build killed before: its half-written output goes, a moved-aside map returns
     stages = Stages(WorkDir(work_dir or out.with_name(out.name + ".work"), from_stage), on_stage)
     warnings: list[str] = []
 
@@ -367,12 +381,15 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
     extractor = make_extractor(conf.features)
 
     def features_stage() -> tuple[dict, dict]:
-        _bag_frames(bag, topics, conf, kfs)
-        f = extract_features(kfs, extractor, progress)
+        mine = [kfs[i] for i in distributed.shard(len(kfs))]
+        _bag_frames(bag, topics, conf, mine)
+        shares = distributed.gather(extract_features(mine, extractor, progress))
+        f = [shares[i % len(shares)][i // len(shares)] for i in range(len(kfs))]  # back in keyframe order
         return {"ptr": np.cumsum([0] + [len(k) for k, _ in f]), "keypoints": np.concatenate([k for k, _ in f]),
                 "descriptors": np.concatenate([d for _, d in f])}, {}
 
-    a, _ = stages.run("features", conf.features.identity() | {"weights": conf.features.weights}, features_stage)
+    a, _ = stages.run("features", conf.features.identity() | {"weights": conf.features.weights}, features_stage,
+                      split=True)
     feats = [(a["keypoints"][lo:hi], a["descriptors"][lo:hi]) for lo, hi in zip(a["ptr"][:-1], a["ptr"][1:])]
 
     def sfm_stage() -> tuple[dict, dict]:
@@ -424,14 +441,19 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
     rconf = replace(conf.recognizer, descriptor_dim=extractor.dim, num_classes=int(labels.max()) + 1)
 
     def training_stage() -> tuple[dict, dict]:
-        _bag_frames(bag, topics, conf, kfs)
-        train_s, val_s = training_samples([k.image for k in kfs], feats, kp_labels, extractor, conf.train, progress)
+        mine = distributed.shard(len(kfs))
+        _bag_frames(bag, topics, conf, [kfs[i] for i in mine])
+        train_s, val_s = training_samples([k.image for k in kfs], feats, kp_labels, extractor, conf.train, progress,
+                                          indices=mine)
         model, report = train(train_s, val_s, rconf, conf.train, resolve_device(conf.features.device), progress)
-        counts = np.bincount(np.concatenate([s.labels[s.labels > 0] for s in val_s]) if val_s else [0])
-        report["chance"] = float(counts.max() / max(counts.sum(), 1)) if counts.sum() else 0.0
+        counts = sum(distributed.gather(np.bincount(np.concatenate([s.labels[s.labels > 0] for s in val_s] + [[0]]),
+                                                    minlength=rconf.num_classes)))
+        report["chance"] = float(counts[1:].max() / max(counts[1:].sum(), 1))
         return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}, {"report": report}
 
-    a, meta = stages.run("training", [rconf.to_dict(), asdict(conf.train)], training_stage)
+    a, meta = stages.run("training", [rconf.to_dict(), asdict(conf.train)], training_stage, split=True)
+    if distributed.rank() != 0:
+        return None  # rank 0 writes the map
     state, report = {k: torch.from_numpy(v) for k, v in a.items()}, meta["report"]
     if report["stopped_by_time_cap"]:
         warnings.append(f"recognizer training stopped by its {conf.train.max_minutes:g} min safety cap after "

@@ -9,7 +9,7 @@ ground-truth camera poses, drifting odometry on /tf and the camera extrinsic on 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -131,8 +131,16 @@ class Scene:
                          borderMode=cv2.BORDER_REPLICATE).reshape(-1, 3).astype(float)
 
 
-def build_scene(seed: int = 0) -> Scene:
-    """Three rooms in an L: A x[0,8] y[0,6], B x[8,16] y[0,6], C x[8,16] y[6,12]; doors A-B and B-C."""
+BLOCK_Y = 12.0  # a larger site stacks blocks of three rooms along y, this far apart
+MAX_VIEW_M = 25.0  # the renderer skips surfaces farther than this (a block is at most 20 m across)
+
+
+def build_scene(seed: int = 0, blocks: int = 1) -> Scene:
+    """Three rooms in an L: A x[0,8] y[0,6], B x[8,16] y[0,6], C x[8,16] y[6,12]; doors A-B and B-C.
+
+    With `blocks` > 1, further such blocks follow along y (block k shifted by k * BLOCK_Y), each
+    room C opening through a door at x [11, 12.5] into the next block's room B; later blocks
+    differ in wall textures and in the order their posters hang (the first block is the demo's)."""
     rng = np.random.default_rng(seed)
     ph = _photos()
     # Posters: two different crops of each photograph, so most are unique; three are hung twice,
@@ -152,7 +160,8 @@ def build_scene(seed: int = 0) -> Scene:
 
     def wall(p0, p1, base: int) -> None:
         nonlocal pi
-        p0, p1 = np.array([*p0, 0.0]), np.array([*p1, 0.0])
+        p0, p1 = np.array([p0[0], p0[1] + y0_block, 0.0]), np.array([p1[0], p1[1] + y0_block, 0.0])
+        base += block
         length = np.linalg.norm(p1 - p0)
         w, h = int(length * TEXELS_PER_M), int(WALL_H * TEXELS_PER_M)
         name, sc, tint = bases[base % len(bases)]
@@ -185,34 +194,54 @@ def build_scene(seed: int = 0) -> Scene:
         scene.add(p0 + [0, 0, WALL_H], p1 - p0, np.array([0, 0, -WALL_H]), tex)
 
     def floor_ceiling(x0, y0, x1, y1, k: int) -> None:
+        y0, y1 = y0 + y0_block, y1 + y0_block
         w, h = int((x1 - x0) * TEXELS_PER_M / 2), int((y1 - y0) * TEXELS_PER_M / 2)
         floor = _tile(ph["gravel"], h, w, 0.5, (0.7, 0.75, 0.8 + 0.1 * k))
         scene.add([x0, y0, 0.0], [x1 - x0, 0, 0], [0, y1 - y0, 0], floor)
         ceil = _tile(ph["brick"], h, w, 0.4, (0.95, 0.95, 0.95))
         scene.add([x0, y0, WALL_H], [0, y1 - y0, 0], [x1 - x0, 0, 0], ceil)
 
-    # Walls are listed counter-clockwise around each room so that u x v points inwards.
-    # Room A
-    wall((0, 0), (8, 0), 0)
-    wall((8, 0), (8, 2.5), 0)
-    wall((8, 4), (8, 6), 0)
-    wall((8, 6), (0, 6), 0)
-    wall((0, 6), (0, 0), 0)
-    # Room B
-    wall((8, 0), (16, 0), 1)
-    wall((16, 0), (16, 6), 1)
-    wall((16, 6), (12.5, 6), 1)
-    wall((11, 6), (8, 6), 1)
-    wall((8, 6), (8, 4), 1)
-    wall((8, 2.5), (8, 0), 1)
-    # Room C
-    wall((8, 6), (11, 6), 2)
-    wall((12.5, 6), (16, 6), 2)
-    wall((16, 6), (16, 12), 2)
-    wall((16, 12), (8, 12), 3)
-    wall((8, 12), (8, 6), 2)
-    for k, (x0, y0, x1, y1) in enumerate([(0, 0, 8, 6), (8, 0, 16, 6), (8, 6, 16, 12)]):
-        floor_ceiling(x0, y0, x1, y1, k)
+    photos = [ph[n] for n in ph if n not in ("brick", "gravel", "grass")]
+    for block in range(blocks):
+        y0_block = block * BLOCK_Y
+        if block:  # each further block hangs other crops of the photographs, in another order
+            crops = []
+            for img in photos:
+                h, w = img.shape[:2]
+                ch, cw = int(h * rng.uniform(0.45, 0.7)), int(w * rng.uniform(0.45, 0.7))
+                y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+                crops.append(img[y:y + ch, x:x + cw])
+            poster_cycle = [crops[i] for i in rng.permutation(len(crops))]
+        # Walls are listed counter-clockwise around each room so that u x v points inwards.
+        # Room A
+        wall((0, 0), (8, 0), 0)
+        wall((8, 0), (8, 2.5), 0)
+        wall((8, 4), (8, 6), 0)
+        wall((8, 6), (0, 6), 0)
+        wall((0, 6), (0, 0), 0)
+        # Room B (a door to the previous block's room C in its south wall)
+        if block == 0:
+            wall((8, 0), (16, 0), 1)
+        else:
+            wall((8, 0), (11, 0), 1)
+            wall((12.5, 0), (16, 0), 1)
+        wall((16, 0), (16, 6), 1)
+        wall((16, 6), (12.5, 6), 1)
+        wall((11, 6), (8, 6), 1)
+        wall((8, 6), (8, 4), 1)
+        wall((8, 2.5), (8, 0), 1)
+        # Room C (a door to the next block's room B in its north wall)
+        wall((8, 6), (11, 6), 2)
+        wall((12.5, 6), (16, 6), 2)
+        wall((16, 6), (16, 12), 2)
+        if block == blocks - 1:
+            wall((16, 12), (8, 12), 3)
+        else:
+            wall((16, 12), (12.5, 12), 3)
+            wall((11, 12), (8, 12), 3)
+        wall((8, 12), (8, 6), 2)
+        for k, (x0, y0, x1, y1) in enumerate([(0, 0, 8, 6), (8, 0, 16, 6), (8, 6, 16, 12)]):
+            floor_ceiling(x0, y0, x1, y1, k)
     return scene
 
 
@@ -247,6 +276,9 @@ class Renderer:
         for q in self.scene.quads:
             if (eye - q.o) @ q.normal <= 0:
                 continue  # back face
+            a, b = np.clip([(eye - q.o) @ q.u / (q.u @ q.u), (eye - q.o) @ q.v / (q.v @ q.v)], 0, 1)
+            if np.linalg.norm(q.o + a * q.u + b * q.v - eye) > MAX_VIEW_M:
+                continue  # beyond the next block: hidden behind walls, and costly to warp
             corners = np.array([q.o, q.o + q.u, q.o + q.u + q.v, q.o + q.v]) @ R.T + t
             poly = _clip_near(corners, self.near)
             if len(poly) < 3:
@@ -355,6 +387,29 @@ QUERY_RUN = Run("query", ((2.5, 4.0), (5.5, 2.2), (7.0, 3.25), (10.0, 3.25), (13
                 speed=0.6, sweep_deg=20.0, sweep_period_m=7.0, sweep_phase=1.3, lighting=QUERY_LIGHT, seed=2)
 
 
+# From room A of one block to room A of the next: through B and C, the door into the next block's
+# B, and its door into A.
+_TO_NEXT_BLOCK = ((6.8, 3.25), (9.5, 3.25), (11.75, 5.0), (11.75, 8.0), (11.75, 11.0), (11.75, 13.5),
+                  (9.5, 15.25), (6.8, 15.25))
+
+
+def site_runs(blocks: int = 1) -> tuple[Run, Run]:
+    """The mapping and query runs through a site of `blocks` blocks: the demo's routes driven
+    through each block in turn (the demo's own runs for one block)."""
+    if blocks == 1:
+        return MAP_RUN, QUERY_RUN
+    out = []
+    for run in (MAP_RUN, QUERY_RUN):
+        wp: list[tuple[float, float]] = []
+        for b in range(blocks):
+            y = b * BLOCK_Y
+            wp += [(x, v + y) for x, v in run.waypoints]
+            if b < blocks - 1:
+                wp += [(x, v + y) for x, v in _TO_NEXT_BLOCK]
+        out.append(replace(run, waypoints=tuple(wp)))
+    return out[0], out[1]
+
+
 def trajectory(run: Run) -> tuple[np.ndarray, list[np.ndarray]]:
     """Stamps (ns, from 1 s) and T_map_base at the odometry rate along the run's route."""
     wp = np.asarray(run.waypoints, float)
@@ -444,13 +499,14 @@ def write_slam_run(src: str | Path, out: str | Path, run: Run = MAP_RUN, seed: i
 
 
 def make_demo_data(out_dir: str | Path, storage: str = "sqlite3", compressed: str | None = None,
-                   max_images: int | None = None, progress: bool = True) -> dict[str, Path]:
-    """Write the demo's mapping and query bags (out_dir/demo_map, out_dir/demo_query)."""
+                   max_images: int | None = None, progress: bool = True, blocks: int = 1) -> dict[str, Path]:
+    """Write the demo's mapping and query bags (out_dir/demo_map, out_dir/demo_query); with
+    `blocks` > 1, of a site that many blocks large (about 190 map keyframes a block)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scene = build_scene()
+    scene = build_scene(blocks=blocks)
     paths = {}
-    for run in (MAP_RUN, QUERY_RUN):
+    for run in site_runs(blocks):
         p = out / f"demo_{run.name}"
         n = write_run(p, run, scene, storage=storage, compressed=compressed, max_images=max_images, progress=progress)
         log.info("wrote %s: %d images", p, n)

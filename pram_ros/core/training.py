@@ -7,12 +7,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Iterable
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .features import Extractor
 from .params import setting, validate
 from .recognition import Recognizer, RecognizerConfig, normalize_keypoints
@@ -73,7 +75,8 @@ def _batch(samples: list[Sample], n: int, labelled_share: float, rng: np.random.
 
 @torch.no_grad()
 def accuracy(model: Recognizer, samples: list[Sample], device: torch.device) -> dict[str, float]:
-    """Top-1 accuracy on labelled keypoints (landmark recognition) and on all keypoints."""
+    """Top-1 accuracy on labelled keypoints (landmark recognition) and on all keypoints (under
+    torchrun: over every rank's samples)."""
     model.eval()
     hit_lm = n_lm = hit_all = n_all = 0
     for s in samples:
@@ -85,18 +88,24 @@ def accuracy(model: Recognizer, samples: list[Sample], device: torch.device) -> 
         n_lm += int(lm.sum())
         hit_all += int((pred == s.labels).sum())
         n_all += len(pred)
+    hit_lm, n_lm, hit_all, n_all = np.sum(distributed.gather((hit_lm, n_lm, hit_all, n_all)), 0).tolist()
     return {"landmark_accuracy": hit_lm / max(n_lm, 1), "overall_accuracy": hit_all / max(n_all, 1),
             "labelled_keypoints": n_lm}
 
 
 def train(samples: list[Sample], val: list[Sample], conf: RecognizerConfig, tc: TrainConfig = TrainConfig(),
           device: torch.device = torch.device("cpu"), progress: bool = True) -> tuple[Recognizer, dict]:
-    """Train on the map's own views; returns the model and a report (loss, accuracy, time)."""
+    """Train on the map's own views; returns the model and a report (loss, accuracy, time).
+
+    Under torchrun each rank trains on its own views with DistributedDataParallel and a share of
+    the batch, so the steps and the batch size are the single process's."""
     from tqdm import tqdm
 
-    torch.manual_seed(tc.seed)
-    rng = np.random.default_rng(tc.seed)
+    torch.manual_seed(tc.seed)  # the same initial weights on every rank
+    rng = np.random.default_rng([tc.seed, distributed.rank()])
     model = Recognizer(conf).to(device)
+    net = torch.nn.parallel.DistributedDataParallel(model) if distributed.world() > 1 else model
+    batch_size = max(1, tc.batch_size // distributed.world())
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=tc.final_lr_ratio ** (1 / max(tc.steps, 1)))
     weight = torch.ones(conf.num_classes, device=device)
@@ -107,12 +116,12 @@ def train(samples: list[Sample], val: list[Sample], conf: RecognizerConfig, tc: 
     model.train()
     bar = tqdm(range(tc.steps), desc="train recognizer", unit="step", disable=not progress)
     for step in bar:
-        if len(order) < tc.batch_size:  # a new epoch: reshuffle
+        if len(order) < batch_size:  # a new epoch: reshuffle
             order += rng.permutation(len(samples)).tolist()
-        batch = [samples[i] for i in order[:tc.batch_size]]
-        del order[:tc.batch_size]
+        batch = [samples[i] for i in order[:batch_size]]
+        del order[:batch_size]
         desc, kp, lab, mask = _batch(batch, tc.keypoints_per_sample, tc.labelled_share, rng, device)
-        logits = model(desc, kp, mask)
+        logits = net(desc, kp, mask)
         loss = F.cross_entropy(logits.reshape(-1, conf.num_classes), lab.reshape(-1), weight=weight,
                                ignore_index=-100)
         opt.zero_grad(set_to_none=True)
@@ -122,12 +131,13 @@ def train(samples: list[Sample], val: list[Sample], conf: RecognizerConfig, tc: 
         history.append(loss.item())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(history[-10:]):.3f}")
-        if tc.max_minutes and (time.monotonic() - t0) / 60 > tc.max_minutes and step + 1 < tc.steps:
+        over = tc.max_minutes and (time.monotonic() - t0) / 60 > tc.max_minutes and step + 1 < tc.steps
+        if distributed.any_rank(over) if distributed.world() > 1 else over:
             log.warning("recognizer training stopped by its %.1f min safety cap after %d of %d steps",
                         tc.max_minutes, step + 1, tc.steps)
             break
     report = {"steps": len(history), "steps_planned": tc.steps, "stopped_by_time_cap": len(history) < tc.steps,
-              "epochs": len(history) * tc.batch_size / len(samples),
+              "epochs": len(history) * batch_size / len(samples), "processes": distributed.world(),
               "final_loss": float(np.mean(history[-20:])), "loss": history, "train_seconds": time.monotonic() - t0,
               "parameters": sum(p.numel() for p in model.parameters())}
     report.update({f"val_{k}": v for k, v in accuracy(model, val, device).items()})
@@ -161,17 +171,20 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np
     return cv2.warpPerspective(img, H, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT), H
 
 
-def training_samples(images: list[np.ndarray], feats, keypoint_labels: list[np.ndarray], extractor: Extractor,
-                     tc: TrainConfig, progress: bool = True) -> tuple[list[Sample], list[Sample]]:
+def training_samples(images: list[np.ndarray | None], feats, keypoint_labels: list[np.ndarray], extractor: Extractor,
+                     tc: TrainConfig, progress: bool = True, indices: Iterable[int] | None = None
+                     ) -> tuple[list[Sample], list[Sample]]:
     """The map images' views plus `tc.augmentations` augmented ones each (features recomputed on
-    the warped image, labels carried over from the original keypoints landing within 3 px).
+    the warped image, labels carried over from the original keypoints landing within 3 px), for
+    the images at `indices` (default: all; under torchrun, each rank's share).
     Every `tc.val_every`-th image's view is held out for validation."""
     from scipy.spatial import cKDTree
     from tqdm import tqdm
 
     rng = np.random.default_rng(tc.seed)
     train_s, val_s = [], []
-    for i in tqdm(range(len(images)), desc="training views", unit="img", disable=not progress):
+    indices = list(range(len(images)) if indices is None else indices)
+    for i in tqdm(indices, desc="training views", unit="img", disable=not progress):
         kp, d = feats[i]
         lab = keypoint_labels[i]
         h, w = images[i].shape[:2]

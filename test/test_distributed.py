@@ -1,0 +1,34 @@
+"""Map building on two processes with torchrun (DistributedDataParallel over gloo on the CPU):
+features and training split between the ranks, rank 0 writes one map that loads and localizes."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pram_ros.core.bag import BagReader
+from pram_ros.core.evaluation import errors
+from pram_ros.core.localizer import Localizer, LocalizerConfig
+from pram_ros.core.map import load_map
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def test_two_process_build_loads_and_localizes(small_bag, tmp_path):
+    out, work = tmp_path / "map", tmp_path / "work"
+    cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "pram_ros.cli", "build-map", str(small_bag),
+           "--out", str(out), "--work-dir", str(work), "--steps", "60", "--device", "cpu"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("== map written") == 1  # rank 0 alone writes and reports
+    m = load_map(out)
+    assert m.info["recognition"]["processes"] == 2 and m.info["recognition"]["steps"] == 60
+
+    loc = Localizer(out, LocalizerConfig(method="pram", tracking=False))
+    with BagReader(small_bag) as r:
+        frames = list(r.frames())
+    good = []
+    for f in frames:
+        res = loc.localize(f.image, f.camera)
+        good.append(res.success and errors(res.T_map_camera, f.T_map_camera)[0] < 0.25)
+    assert np.mean(good) >= 0.75, good
