@@ -23,6 +23,11 @@ def test_two_process_build_loads_and_localizes(small_bag, tmp_path):
     assert done.stdout.count("== map written") == 1  # rank 0 alone writes and reports
     m = load_map(out)
     assert m.info["recognition"]["processes"] == 2 and m.info["recognition"]["steps"] == 60
+    # again from the features on: the ranks redo the split stages together, rank 0 the others
+    again = subprocess.run(cmd + ["--from-stage", "features"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "time: frames" in again.stdout and "resumed from the work directory" in again.stdout
+    assert len(load_map(out).points) == len(m.points)
 
     loc = Localizer(out, LocalizerConfig(method="pram", tracking=False))
     with BagReader(small_bag) as r:

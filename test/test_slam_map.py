@@ -77,7 +77,9 @@ def test_map_from_a_slam_run_is_in_its_frame_and_localizes(demo_full, tmp_path):
     bag = tmp_path / "slam"
     write_slam_run(demo_full["map"], bag, sigma_xy_m=SLAM_SIGMA_M, sigma_yaw_deg=SLAM_SIGMA_DEG,
                    start_delay_s=SLAM_DELAY_S)
-    summary = build_map(bag, tmp_path / "slam.pram", BuildConfig(train=TrainConfig(max_minutes=0)), progress=False)
+    # fewer training steps than the default (tracking carries the query run), so the suite stays short
+    conf = BuildConfig(train=TrainConfig(steps=300, max_minutes=0))
+    summary = build_map(bag, tmp_path / "slam.pram", conf, progress=False)
     print(f"\n{summary.table()}")
     assert summary.pose_source == "tf" and summary.frame == "map" and summary.metric
     assert summary.skipped_no_pose == int(SLAM_DELAY_S * 2)

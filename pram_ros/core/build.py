@@ -317,8 +317,8 @@ class Stages:
             if distributed.rank() == 0:
                 self.work.save(stage, self.key, arrays, meta, time.monotonic() - t)
             distributed.barrier()
-            if not split and distributed.rank() != 0:
-                arrays, meta = self.work.load(stage, self.key)
+            if not split and distributed.rank() != 0:  # what rank 0 just stored
+                arrays, meta = self.work.load(stage, self.key, resume=False)
         self.done(stage, time.monotonic() - t)
         return arrays, meta
 

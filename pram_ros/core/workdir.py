@@ -46,10 +46,11 @@ class WorkDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.redo = set(STAGES[STAGES.index(redo_from):]) if redo_from else set()
 
-    def load(self, stage: str, key: str) -> tuple[dict[str, np.ndarray], dict] | None:
-        """(arrays, metadata) of the stage when it finished with this key, else None."""
+    def load(self, stage: str, key: str, resume: bool = True) -> tuple[dict[str, np.ndarray], dict] | None:
+        """(arrays, metadata) of the stage when it finished with this key, else None. `resume`
+        False also returns a stage that `redo_from` names (one redone by this build)."""
         meta_path, npz_path = self.path / f"{stage}.json", self.path / f"{stage}.npz"
-        if stage in self.redo or not meta_path.exists() or not npz_path.exists():
+        if (resume and stage in self.redo) or not meta_path.exists() or not npz_path.exists():
             return None
         try:
             meta = json.loads(meta_path.read_text())

@@ -202,7 +202,7 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
             return bool(diags) and time_to_ns(diags[-1].header.stamp) > t_end and \
                 int(_values(diags).get("answered_stamp_ns", 0)) >= (last_image or 0)
 
-        end = time.monotonic() + 10.0
+        end = time.monotonic() + 30.0  # a busy machine may take that long to deliver them
         while time.monotonic() < end and not final():
             t_clock += 100_000_000
             clock.publish(Clock(clock=ns_to_time(t_clock)))
