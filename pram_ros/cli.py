@@ -43,10 +43,9 @@ def bag_summary(path: Path, topics: BagTopics = BagTopics()) -> str:
             c = first.camera
             lines.append(f"  images: {len(r)} x {c.width}x{c.height} on {r.image_topic}, camera {c.model} "
                          f"fx={c.fx:.1f} fy={c.fy:.1f}, frame '{first.camera_frame}'")
-            tf = r.tf_buffer().frames()
             fn = r.frame_names
             lines.append(f"  ground-truth poses: {'yes' if r.has_poses else 'no'}; SLAM poses ({fn.map} -> {fn.base} "
-                         f"on TF): {'yes' if fn.map in tf and fn.base in tf else 'no'}; odometry: "
+                         f"on TF): {'yes' if r.has_global_poses else 'no'}; odometry: "
                          f"{'yes' if first.T_odom_base is not None else 'no'}; camera extrinsic: "
                          f"{'yes' if first.T_base_camera is not None else 'no'}")
     return "\n".join(lines)

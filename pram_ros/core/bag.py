@@ -179,6 +179,12 @@ class BagReader:
     def has_poses(self) -> bool:
         return self.available.get(self.topics.pose) == POSE_T and self.counts().get(self.topics.pose, 0) > 0
 
+    @property
+    def has_global_poses(self) -> bool:
+        """Whether TF links the global frame (a SLAM system's `map`) to the base frame at all."""
+        fn, known = self.frame_names, self.tf_buffer().frames()
+        return fn.map != fn.odom and fn.map in known and fn.base in known
+
     def tf_buffer(self) -> TfBuffer:
         """All of the bag's /tf and /tf_static in one buffer."""
         if self._tf is None:
@@ -212,6 +218,7 @@ class BagReader:
         pose_stamps, pose_Ts = self.poses()
         tf = self.tf_buffer()
         fn = self.frame_names
+        global_poses = self.has_global_poses
         index = 0
         for _, msg in self._messages(self.image_topic):
             t = stamp_ns(msg.header)
@@ -234,12 +241,11 @@ class BagReader:
             j = bisect.bisect_left(pose_stamps, t - STAMP_TOLERANCE_NS)
             if j < len(pose_stamps) and abs(pose_stamps[j] - t) <= STAMP_TOLERANCE_NS:
                 frame.T_map_camera = pose_Ts[j]
-            if tf.can_transform(fn.odom, fn.base, t):
-                frame.T_odom_base = tf.lookup(fn.odom, fn.base, t)
-            if fn.map != fn.odom and tf.can_transform(fn.map, fn.base, t):
-                frame.T_global_base = tf.lookup(fn.map, fn.base, t)
-            if cam_frame and tf.can_transform(fn.base, cam_frame, t):
-                frame.T_base_camera = tf.lookup(fn.base, cam_frame, t)
+            frame.T_odom_base = tf.lookup_or_none(fn.odom, fn.base, t)
+            if global_poses:
+                frame.T_global_base = tf.lookup_or_none(fn.map, fn.base, t)
+            if cam_frame:
+                frame.T_base_camera = tf.lookup_or_none(fn.base, cam_frame, t)
             index += 1
             yield frame
 

@@ -158,8 +158,7 @@ def pose_source(reader: BagReader, conf: BuildConfig) -> str:
         return conf.pose_source
     if reader.has_poses:
         return "ground_truth"
-    tf, fn = reader.tf_buffer(), reader.frame_names
-    if fn.map != fn.odom and fn.map in tf.frames() and fn.base in tf.frames():
+    if reader.has_global_poses:
         return "tf"
     return "odometry"
 
@@ -359,14 +358,14 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
                  "T_map_camera": _nan_if_none([k.T_map_camera for k in sel.keyframes]),
                  "T_odom_camera": _nan_if_none([k.T_odom_camera for k in sel.keyframes])},
                 {"source": sel.source, "skipped_no_pose": sel.skipped_no_pose,
-                 "cameras": [c.__dict__ | {"D": list(c.D)} for c in cams]})
+                 "cameras": [c.to_dict() for c in cams]})
 
     images: dict[int, np.ndarray] = {}
     a, meta = stages.run("frames", [path_identity(bag), asdict(topics), asdict(conf.frames()), conf.pose_source,
                                     conf.camera_extrinsic, conf.keyframe_min_translation,
                                     conf.keyframe_min_rotation_deg, conf.keyframe_min_interval_s, conf.max_images],
                          frames_stage)
-    cams = [Camera(**{**c, "D": tuple(c["D"])}) for c in meta["cameras"]]
+    cams = [Camera.from_dict(c) for c in meta["cameras"]]
     kfs = [Keyframe(f"{i:05d}", int(t), images.get(int(t)), cams[c], _none_if_nan(Tm), _none_if_nan(To))
            for i, (t, c, Tm, To) in enumerate(zip(a["stamps"], a["camera"], a["T_map_camera"], a["T_odom_camera"]))]
     source, skipped = meta["source"], meta["skipped_no_pose"]

@@ -90,6 +90,14 @@ class Camera:
                     d=np.array(self.D, float), k=self.K.reshape(-1), r=np.eye(3).reshape(-1),
                     p=P.reshape(-1))
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (a map's manifest, the build's work directory)."""
+        return self.__dict__ | {"D": list(self.D)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Camera":
+        return cls(**{**d, "D": tuple(d["D"])})
+
     def scaled(self, s: float) -> "Camera":
         """The same camera for an image resized by factor s."""
         w, h = max(1, round(self.width * s)), max(1, round(self.height * s))

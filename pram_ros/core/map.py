@@ -193,7 +193,7 @@ def save_map(m: PramMap, out: str | Path, extra_files: dict[str, bytes] | None =
     files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
     manifest = {
         "format": FORMAT, "version": VERSION, "features": m.features,
-        "cameras": [c.__dict__ | {"D": list(c.D)} for c in m.cameras],
+        "cameras": [c.to_dict() for c in m.cameras],
         "recognizer": m.recognizer_config, "frame": m.frame, "metric": m.metric,
         "counts": {"points": int(len(m.points)), "landmarks": m.num_landmarks, "vrfs": int(len(m.vrf_frame)),
                    "frames": int(len(m.frame_T)), "images": int(m.images)},
@@ -280,7 +280,7 @@ def load_map(path: str | Path, with_baseline: bool = False) -> PramMap:
     except (SafetensorError, OSError, ValueError) as exc:
         raise MapError(f"cannot read recognizer weights of {path}: {exc}") from exc
     try:
-        cameras = [Camera(**{**c, "D": tuple(c["D"])}) for c in manifest["cameras"]]
+        cameras = [Camera.from_dict(c) for c in manifest["cameras"]]
         m = PramMap(features=manifest["features"], cameras=cameras, recognizer_config=manifest["recognizer"],
                     recognizer_state={k: v.float() for k, v in state.items()}, frame=manifest.get("frame", "map"),
                     metric=bool(manifest.get("metric", True)), info=manifest.get("info", {}),

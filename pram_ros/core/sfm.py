@@ -5,9 +5,10 @@ epipolar geometry of those poses and pycolmap triangulates with the poses fixed,
 metric and in the map frame. With approximate poses (a SLAM system's, good to centimetres), the
 matches are verified from the images alone, pycolmap triangulates from those poses, and bundle
 adjustment then refines poses and points with the poses' positions as priors, so the map stays in
-their frame and scale; the points are triangulated again from the refined poses. Without poses, pycolmap verifies the matches and runs incremental
-mapping; the result is then aligned (similarity) to whatever positions exist, or left in an
-arbitrary frame and scale, which the caller is told.
+their frame and scale; the points are triangulated again from the refined poses. Without poses,
+pycolmap verifies the matches and runs incremental mapping; the result is then aligned
+(similarity) to whatever positions exist, or left in an arbitrary frame and scale, which the
+caller is told.
 """
 from __future__ import annotations
 

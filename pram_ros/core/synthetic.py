@@ -396,8 +396,6 @@ _TO_NEXT_BLOCK = ((6.8, 3.25), (9.5, 3.25), (11.75, 5.0), (11.75, 8.0), (11.75, 
 def site_runs(blocks: int = 1) -> tuple[Run, Run]:
     """The mapping and query runs through a site of `blocks` blocks: the demo's routes driven
     through each block in turn (the demo's own runs for one block)."""
-    if blocks == 1:
-        return MAP_RUN, QUERY_RUN
     out = []
     for run in (MAP_RUN, QUERY_RUN):
         wp: list[tuple[float, float]] = []

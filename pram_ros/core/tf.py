@@ -114,8 +114,11 @@ class TfBuffer:
         return invert(T_common_target) @ T_common_source
 
     def can_transform(self, target: str, source: str, stamp_ns: int) -> bool:
+        return self.lookup_or_none(target, source, stamp_ns) is not None
+
+    def lookup_or_none(self, target: str, source: str, stamp_ns: int) -> np.ndarray | None:
+        """T_target_source at stamp_ns, or None when it cannot be looked up."""
         try:
-            self.lookup(target, source, stamp_ns)
-            return True
+            return self.lookup(target, source, stamp_ns)
         except TfError:
-            return False
+            return None

@@ -171,11 +171,11 @@ class LocalizerNode(LifecycleNode):
         frame is not slow."""
         if not path:
             raise MapError("parameter map_path is empty")
-        loc = Localizer(path, conf)
-        problem = frame_problem(loc.map, self.p("map_frame"))
         if self.p("publish_tf") and self.p("tf_mode") == "map_odom" and self.p("map_frame") == self.p("odom_frame"):
             raise MapError(f"map_frame and odom_frame are both {self.p('map_frame')!r}: map -> odom would be a "
                            f"frame's transform to itself")
+        loc = Localizer(path, conf)
+        problem = frame_problem(loc.map, self.p("map_frame"))
         if problem and not self.p("allow_any_map_frame"):
             raise MapError(f"{problem}: rebuild the map in {self.p('map_frame')!r} (build-map --pose-source "
                            f"ground_truth or tf), set map_frame to the map's frame, or set allow_any_map_frame "
