@@ -107,7 +107,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=100, help="timed frames per case and device")
     ap.add_argument("--map-images", type=int, default=0, help="limit the demo map run (0: all 190)")
-    ap.add_argument("--build-steps", type=int, default=TrainConfig().steps, help="recognizer steps of the map build")
+    ap.add_argument("--build-steps", type=int, default=TrainConfig().steps,
+                    help="recognizer steps of the map build (0: the default rule)")
     ap.add_argument("--cpu-train-steps", type=int, default=20)
     a = ap.parse_args()
     import pycolmap
@@ -209,7 +210,7 @@ def main() -> None:
         samples = map_samples(map_dir, 50)
         m = load_map(map_dir)
         rconf = RecognizerConfig(**m.recognizer_config)
-        steps = TrainConfig().steps
+        steps = TrainConfig().min_steps
         res = {}
         for dev in devices:
             n = steps if dev.type == "cuda" else a.cpu_train_steps

@@ -18,8 +18,8 @@ from .bag import BagReader, BagTopics, Frame, Frames
 from .camera import Camera
 from .features import Extractor, FeatureConfig, make_extractor, resolve_device
 from .geometry import T_from_pose, invert, rotation_error_deg, umeyama
-from .landmarks import (LandmarkConfig, Observations, choose_k, cluster, greedy_vrfs, medoid_descriptors,
-                        vrf_points)
+from .landmarks import (LandmarkConfig, Observations, choose_k, cluster, greedy_vrfs, landmark_views,
+                        medoid_descriptors, vrf_points)
 from .map import Baseline, PramMap, recover_interrupted, save_map
 from .params import Spec, setting, specs, validate
 from .recognition import RecognizerConfig
@@ -74,7 +74,7 @@ def build_settings() -> dict[str, Spec]:
                                                                              "weights")},
             **{k: b[k] for k in ("pose_source", "global_frame", "base_frame", "camera_extrinsic", "prior_sigma_m")},
             "landmarks": lm["num_landmarks"].renamed("landmarks"),
-            "steps": t["steps"], "max_minutes": t["max_minutes"], "max_images": b["max_images"]}
+            **{k: t[k] for k in ("steps", "epochs", "max_minutes")}, "max_images": b["max_images"]}
 
 
 def build_config(values: dict[str, Any]) -> BuildConfig:
@@ -83,7 +83,7 @@ def build_config(values: dict[str, Any]) -> BuildConfig:
     return BuildConfig(
         features=FeatureConfig(v["features"], v["max_keypoints"], v["resize_max"], v["device"], v["weights"]),
         landmarks=LandmarkConfig(num_landmarks=v["landmarks"]),
-        train=TrainConfig(steps=v["steps"], max_minutes=v["max_minutes"]),
+        train=TrainConfig(steps=v["steps"], epochs=v["epochs"], max_minutes=v["max_minutes"]),
         pose_source=v["pose_source"], global_frame=v["global_frame"], base_frame=v["base_frame"],
         camera_extrinsic=v["camera_extrinsic"], prior_sigma_m=v["prior_sigma_m"], max_images=v["max_images"])
 
@@ -251,12 +251,13 @@ def make_landmarks(result: SfmResult, kfs: list[Keyframe], feats: list[tuple[np.
     centres = np.array([invert(T)[:3, 3] for T in T_cw.values()])
     labels = cluster(xyz, centres, choose_k(len(xyz), conf))
     desc = medoid_descriptors(obs, [f[1] for f in feats], len(xyz))
-    vrfs = greedy_vrfs(labels, obs, conf)
+    views = landmark_views(labels, obs)
+    vrfs = greedy_vrfs(labels, views, conf)
 
     def project(i: int, X: np.ndarray) -> np.ndarray:  # NaN behind the camera
         return kfs[i].camera.project(X @ T_cw[i][:3, :3].T + T_cw[i][:3, 3])[0]
 
-    return Landmarks(xyz, labels, desc, obs, vrfs, vrf_points(vrfs, labels, obs, xyz, project, conf), T_cw)
+    return Landmarks(xyz, labels, desc, obs, vrfs, vrf_points(vrfs, views, xyz, project, conf), T_cw)
 
 
 def hloc_style_bytes(result: SfmResult, feats) -> int:

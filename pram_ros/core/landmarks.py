@@ -94,55 +94,87 @@ def medoid_descriptors(obs: Observations, descriptors: list[np.ndarray], num_poi
     return out
 
 
-def greedy_vrfs(labels: np.ndarray, obs: Observations, conf: LandmarkConfig) -> list[tuple[int, int]]:
-    """(landmark, image) VRFs: per landmark, images chosen greedily to cover its points."""
-    out = []
-    for lm in np.unique(labels):
-        pts = np.flatnonzero(labels == lm)
-        sel = np.isin(obs.point, pts)
-        img_pts: dict[int, set[int]] = {}
-        for i, p in zip(obs.image[sel], obs.point[sel]):
-            img_pts.setdefault(int(i), set()).add(int(p))
-        covered: set[int] = set()
-        while len(covered) < conf.vrf_coverage * len(pts) and img_pts and \
-                sum(1 for x in out if x[0] == lm) < conf.max_vrfs:
-            best = max(img_pts, key=lambda i: (len(img_pts[i] - covered), -i))
-            gain = len(img_pts[best] - covered)
-            if gain < max(1, conf.vrf_min_gain * len(pts)):
-                break
-            covered |= img_pts.pop(best)
-            out.append((int(lm), best))
+def landmark_views(labels: np.ndarray, obs: Observations) -> dict[int, dict[int, np.ndarray]]:
+    """For each landmark, the points of it that each image observes (in observation order).
+
+    One pass over the observations, so that the VRF steps below cost what the landmark's own
+    observations cost, not what the whole map's do."""
+    lm_of = labels[obs.point]
+    order = np.lexsort((obs.image, lm_of))  # by landmark, then image; stable within
+    lm_sorted, img_sorted = lm_of[order], obs.image[order]
+    cuts = np.flatnonzero((np.diff(lm_sorted) != 0) | (np.diff(img_sorted) != 0)) + 1
+    out: dict[int, dict[int, np.ndarray]] = {}
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(order)]):
+        out.setdefault(int(lm_sorted[lo]), {})[int(img_sorted[lo])] = obs.point[order[lo:hi]]
     return out
 
 
-def vrf_points(vrfs: list[tuple[int, int]], labels: np.ndarray, obs: Observations, points: np.ndarray,
+def greedy_vrfs(labels: np.ndarray, views: dict[int, dict[int, np.ndarray]],
+                conf: LandmarkConfig) -> list[tuple[int, int]]:
+    """(landmark, image) VRFs: per landmark, images chosen greedily to cover its points."""
+    sizes = np.bincount(labels)
+    out = []
+    for lm in sorted(views):
+        img_pts = {i: set(p.tolist()) for i, p in views[lm].items()}
+        covered: set[int] = set()
+        chosen = 0
+        while len(covered) < conf.vrf_coverage * sizes[lm] and img_pts and chosen < conf.max_vrfs:
+            best = max(img_pts, key=lambda i: (len(img_pts[i] - covered), -i))
+            gain = len(img_pts[best] - covered)
+            if gain < max(1, conf.vrf_min_gain * sizes[lm]):
+                break
+            covered |= img_pts.pop(best)
+            out.append((lm, best))
+            chosen += 1
+    return out
+
+
+def vrf_points(vrfs: list[tuple[int, int]], views: dict[int, dict[int, np.ndarray]], points: np.ndarray,
                project, conf: LandmarkConfig) -> list[np.ndarray]:
     """Points of each VRF: its own observed landmark points, plus points of the landmark seen by
-    covisible images that do not project within `sparsify_radius_px` of a point already kept."""
-    per_image: dict[int, np.ndarray] = {}
-    order = np.argsort(obs.image, kind="stable")
-    bounds = np.searchsorted(obs.image[order], np.arange(obs.image.max() + 2))
-    for i in range(len(bounds) - 1):
-        per_image[i] = obs.point[order[bounds[i]:bounds[i + 1]]]
+    the (up to 5) images that share the most of them, when they do not project within
+    `sparsify_radius_px` of a point already kept."""
     out = []
     for lm, img in vrfs:
-        own = per_image[img][labels[per_image[img]] == lm]
+        seen = views[lm]
+        own = seen[img]
+        shared = sorted(((-len(np.intersect1d(pts, own)), j) for j, pts in seen.items() if j != img))
         kept = list(own)
-        uv_kept = project(img, points[own]) if len(own) else np.zeros((0, 2))
-        # covisible images: those sharing the most of this landmark's points with the VRF
-        shared = {j: len(np.intersect1d(pts, own)) for j, pts in per_image.items() if j != img}
-        for j in sorted(shared, key=lambda j: -shared[j])[:5]:
-            if shared[j] == 0:
+        grid = _Grid(conf.sparsify_radius_px)
+        for q in project(img, points[own]):
+            grid.add(q)
+        for count, j in shared[:5]:
+            if count == 0:
                 break
-            cand = np.setdiff1d(per_image[j][labels[per_image[j]] == lm], kept)
+            cand = np.setdiff1d(seen[j], kept)
             if not len(cand):
                 continue
             uv = project(img, points[cand])
             ok = np.isfinite(uv).all(1)
-            cand, uv = cand[ok], uv[ok]
-            for p, q in zip(cand, uv):
-                if not len(uv_kept) or np.min(np.sum((uv_kept - q) ** 2, 1)) > conf.sparsify_radius_px ** 2:
+            for p, q in zip(cand[ok], uv[ok]):
+                if grid.free(q):
                     kept.append(p)
-                    uv_kept = np.vstack([uv_kept, q])
+                    grid.add(q)
         out.append(np.array(sorted(kept), np.int64))
     return out
+
+
+class _Grid:
+    """Image points hashed into cells of the sparsification radius: 'is any kept point within r of
+    q' looks at 3 x 3 cells instead of every kept point."""
+
+    def __init__(self, radius: float) -> None:
+        self.r2, self.cell = radius ** 2, max(radius, 1e-9)
+        self.cells: dict[tuple[int, int], list[np.ndarray]] = {}
+
+    def _key(self, q: np.ndarray) -> tuple[int, int]:
+        return int(np.floor(q[0] / self.cell)), int(np.floor(q[1] / self.cell))
+
+    def add(self, q: np.ndarray) -> None:
+        if np.isfinite(q).all():
+            self.cells.setdefault(self._key(q), []).append(q)
+
+    def free(self, q: np.ndarray) -> bool:
+        cx, cy = self._key(q)
+        return all(np.sum((k - q) ** 2) > self.r2
+                   for dx in (-1, 0, 1) for dy in (-1, 0, 1) for k in self.cells.get((cx + dx, cy + dy), ()))

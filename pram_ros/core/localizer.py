@@ -32,6 +32,7 @@ from .registration import (PoseEstimate, RegistrationConfig, check, covariance, 
                            reprojection_errors)
 from .matching import MatchConfig, mutual_nn
 from .params import DEVICE_PATTERN, setting, validate
+from .visibility import PointsInView
 
 log = logging.getLogger(__name__)
 CUDA_ERRORS = (torch.cuda.OutOfMemoryError, torch.AcceleratorError)
@@ -120,6 +121,7 @@ class Localizer:
         self.device_warning = ""  # set when a CUDA error moved the networks to the CPU
         self._place_networks(conf.device)
         self.points = m.points.astype(np.float64)
+        self.in_view = PointsInView(m)
         k = m.num_landmarks
         self.vrfs_of = [np.flatnonzero(m.vrf_landmark == lm) for lm in range(k + 1)]
         self.landmark_points = [np.unique(np.concatenate([m.vrf_point_ids(v) for v in vs])) if len(vs) else
@@ -270,17 +272,11 @@ class Localizer:
         order = [int(lm) for lm in np.argsort(-score) if lm > 0 and score[lm] > 0]
         return keep.cpu().numpy(), order, top2.cpu().numpy()
 
-    def _points_in_view(self, T_camera_map: np.ndarray, camera: Camera, margin: float = 0.0) -> np.ndarray:
-        """Indices of the map points in front of the camera projecting into the image (+ margin px)."""
-        uv, front = camera.project(self.points @ T_camera_map[:3, :3].T + T_camera_map[:3, 3])
-        return np.flatnonzero(front & (uv[:, 0] >= -margin) & (uv[:, 1] >= -margin) &
-                              (uv[:, 0] < camera.width + margin) & (uv[:, 1] < camera.height + margin))
-
     def _near_prior(self, camera: Camera) -> set[int]:
         """Landmarks in view from the prior pose, and those whose VRFs were taken from within its
         3-sigma position ellipse."""
         T = self.prior_T_map_camera
-        near = set(np.unique(self.map.labels[self._points_in_view(invert(T), camera)]).tolist())
+        near = set(np.unique(self.map.labels[self.in_view(invert(T), camera)]).tolist())
         cov = self.prior_position_cov
         if cov is not None and np.all(np.isfinite(cov)) and np.trace(cov) > 0:
             d = self.vrf_centers - T[:3, 3]
@@ -350,7 +346,7 @@ class Localizer:
         radii = radii or self.conf.refine_radii_px
         need = self.conf.registration.min_inliers
         T = T_camera_map
-        cand = self._points_in_view(T, camera, radii[0])
+        cand = self.in_view(T, camera, radii[0])
         if len(kp) == 0 or len(cand) < need:
             return res
         m = mutual_nn(feats.descriptors, self.point_desc[cand], self.conf.match).cpu().numpy()

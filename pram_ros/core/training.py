@@ -27,8 +27,12 @@ class TrainConfig:
     keypoints_per_sample: int = 512
     labelled_share: float = 0.7  # at most this share of a sample's keypoints carry a landmark label
     batch_size: int = 8
-    steps: int = setting(400, "recognizer training steps: they decide the map, whatever the machine's load",
-                         range=(1, 1_000_000))
+    steps: int = setting(0, "recognizer training steps (0: `epochs` passes over the training views, at least "
+                         "min_steps); steps, not time, decide the map, whatever the machine's load",
+                         range=(1, 1_000_000), zero_off=True)
+    epochs: float = setting(6.0, "passes over the training views when steps is 0 (larger maps train longer)",
+                            range=(0.1, 1000.0))
+    min_steps: int = 400
     max_minutes: float = setting(60.0, "safety cap on training time [min] (0: none); a map it stops says so",
                                  range=(0.001, 10_000.0), zero_off=True)
     lr: float = 1e-3
@@ -40,6 +44,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+
+    def planned_steps(self, views: int) -> int:
+        """The steps to train for `views` training views (all processes' together)."""
+        if self.steps:
+            return self.steps
+        return max(self.min_steps, int(np.ceil(self.epochs * views / self.batch_size)))
 
 
 @dataclass
@@ -101,20 +111,21 @@ def train(samples: list[Sample], val: list[Sample], conf: RecognizerConfig, tc: 
     the batch, so the steps and the batch size are the single process's."""
     from tqdm import tqdm
 
+    steps = tc.planned_steps(int(sum(distributed.gather(len(samples)))))
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     rng = np.random.default_rng([tc.seed, distributed.rank()])
     model = Recognizer(conf).to(device)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed.world() > 1 else model
     batch_size = max(1, tc.batch_size // distributed.world())
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=tc.final_lr_ratio ** (1 / max(tc.steps, 1)))
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=tc.final_lr_ratio ** (1 / steps))
     weight = torch.ones(conf.num_classes, device=device)
     weight[0] = tc.weight_no_landmark
     t0 = time.monotonic()
     history: list[float] = []
     order: list[int] = []
     model.train()
-    bar = tqdm(range(tc.steps), desc="train recognizer", unit="step", disable=not progress)
+    bar = tqdm(range(steps), desc="train recognizer", unit="step", disable=not progress)
     for step in bar:
         if len(order) < batch_size:  # a new epoch: reshuffle
             order += rng.permutation(len(samples)).tolist()
@@ -131,12 +142,12 @@ def train(samples: list[Sample], val: list[Sample], conf: RecognizerConfig, tc: 
         history.append(loss.item())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(history[-10:]):.3f}")
-        over = tc.max_minutes and (time.monotonic() - t0) / 60 > tc.max_minutes and step + 1 < tc.steps
+        over = tc.max_minutes and (time.monotonic() - t0) / 60 > tc.max_minutes and step + 1 < steps
         if distributed.any_rank(over) if distributed.world() > 1 else over:
             log.warning("recognizer training stopped by its %.1f min safety cap after %d of %d steps",
-                        tc.max_minutes, step + 1, tc.steps)
+                        tc.max_minutes, step + 1, steps)
             break
-    report = {"steps": len(history), "steps_planned": tc.steps, "stopped_by_time_cap": len(history) < tc.steps,
+    report = {"steps": len(history), "steps_planned": steps, "stopped_by_time_cap": len(history) < steps,
               "epochs": len(history) * batch_size / len(samples), "processes": distributed.world(),
               "final_loss": float(np.mean(history[-20:])), "loss": history, "train_seconds": time.monotonic() - t0,
               "parameters": sum(p.numel() for p in model.parameters())}
