@@ -10,6 +10,13 @@ held-out accuracy, and the relocalization recall (0.25 m, 2 deg) and median time
 site's query run. From the measured sizes it fits each stage's growth (time ~ images^b) and
 extrapolates to 10,000 images. Writes scale.json and scale.png (seconds per stage against images)
 beside the data. Run it with nothing else busy.
+
+    .venv/bin/python bench/scale.py --blocks 1 5 10 --per-frame
+
+compares the built sites' per-frame time in one process on the same images: the smallest site's
+query frames, each localized against every site's map in turn, so that the machine's drift falls
+on all sizes alike. (Time only: the first block of a larger site has a door where the one-block
+site has a wall, so these images are not that site's queries; its recall is in the main table.)
 """
 from __future__ import annotations
 
@@ -77,14 +84,46 @@ def measure(blocks: int, data: Path) -> dict:
     return row
 
 
+def per_frame(blocks: list[int], data: Path) -> None:
+    """Relocalization time per map size on the same frames, interleaved (see the docstring)."""
+    from pram_ros.core.bag import BagReader
+
+    locs = {b: Localizer(data / f"blocks_{b}" / "map.pram", LocalizerConfig(tracking=False, device="cpu"))
+            for b in blocks}
+    times: dict[int, list[dict[str, float]]] = {b: [] for b in blocks}
+    with BagReader(data / f"blocks_{min(blocks)}" / "demo_query") as r:
+        frames = list(r.frames())
+    for loc in locs.values():
+        loc.warm_up(frames[0].camera)
+    for f in frames:
+        for b, loc in locs.items():
+            res = loc.localize(f.image, f.camera, use_tracking=False)
+            times[b].append(res.timings_ms)
+    def median(b: int, stage: str) -> float:
+        return float(np.median([t.get(stage, 0.0) for t in times[b]]))
+
+    stages = ("features", "recognition", "registration", "refinement")
+    base = median(min(blocks), "total")
+    print(f"\nper-frame relocalization, the same {len(frames)} frames against each map (one process, interleaved):")
+    print(f"{'images':>7} {'ms median':>10} {'ratio':>6}   " + " ".join(f"{s:>12}" for s in stages))
+    for b, loc in locs.items():
+        t = median(b, "total")
+        print(f"{loc.map.images:7d} {t:10.1f} {t / base:6.2f}   "
+              + " ".join(f"{median(b, s):12.1f}" for s in stages))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blocks", type=int, nargs="+", default=[1, 5, 16])
     ap.add_argument("--data", type=Path, default=Path("data/scale"))
+    ap.add_argument("--per-frame", action="store_true", help="only compare the built sites' per-frame time")
     a = ap.parse_args()
     import pycolmap
 
     pycolmap.logging.minloglevel = 2
+    if a.per_frame:
+        per_frame(a.blocks, a.data)
+        return
     rows = [measure(b, a.data) for b in a.blocks]
     print(f"\n{'images':>7} {'points':>8} {'K':>4} {'VRFs':>6} " + " ".join(f"{s:>10}" for s in STAGES)
           + f" {'peak MB':>8} {'map MB':>7} {'/hloc':>6} {'acc':>5} {'recall':>7} {'ms':>6}")

@@ -121,19 +121,43 @@ def test_training_length_follows_the_training_views():
 
 
 def test_points_in_view_equal_a_projection_of_the_whole_map(small_map):
+    """From the map's own image poses (moved back too, so that points fall beyond the viewing
+    depth) the index finds exactly what projecting every point finds within that depth; from
+    behind a wall looking back at it, what it leaves out is what the map only saw from the other side."""
     m = load_map(small_map.out)
     view = PointsInView(m)
     assert 0 < view.max_depth < np.inf
     cam: Camera = m.cameras[0]
     P = m.points.astype(np.float64)
+    seen_from = [[] for _ in range(len(P))]  # the VRF camera centres that hold each point
+    for v in range(len(m.vrf_frame)):
+        for i in m.vrf_point_ids(v):
+            seen_from[i].append(m.frame_T[m.vrf_frame[v]][:3, 3])
+
+    def projected(pose, margin=20.0):
+        p = P @ pose[:3, :3].T + pose[:3, 3]
+        uv, front = cam.project(p)
+        return np.flatnonzero(front & (p[:, 2] <= view.max_depth) & (uv[:, 0] >= -margin) & (uv[:, 1] >= -margin) &
+                              (uv[:, 0] < cam.width + margin) & (uv[:, 1] < cam.height + margin))
+
+    left_out = 0
     for T_map_camera in m.frame_T:
         T = invert(T_map_camera)
-        # the pose moved back so that some points fall beyond the viewing depth
         T_far = T.copy()
         T_far[2, 3] += 0.5 * view.max_depth
         for pose in (T, T_far):
-            p = P @ pose[:3, :3].T + pose[:3, 3]
-            uv, front = cam.project(p)
-            inside = front & (p[:, 2] <= view.max_depth) & (uv[:, 0] >= -20) & (uv[:, 1] >= -20) & \
-                (uv[:, 0] < cam.width + 20) & (uv[:, 1] < cam.height + 20)
-            np.testing.assert_array_equal(view(pose, cam, 20.0), np.flatnonzero(inside))
+            np.testing.assert_array_equal(view(pose, cam, 20.0), projected(pose))
+        # behind the wall this image looks at (1 m past its points' median depth), turned around:
+        # looking at that wall from the other side
+        depth = np.median((P[projected(T)] @ T[:3, :3].T + T[:3, 3])[:, 2])
+        centre = T_map_camera[:3, :3] @ [0.0, 0.0, depth + 1.0] + T_map_camera[:3, 3]
+        back = np.eye(4)
+        back[:3, :3] = np.diag([-1.0, 1.0, -1.0]) @ T[:3, :3]
+        back[:3, 3] = -back[:3, :3] @ centre
+        found, brute = view(back, cam, 20.0), projected(back)
+        assert set(found) <= set(brute)
+        for i in np.setdiff1d(brute, found):
+            rays = [(P[i] - c) / np.linalg.norm(P[i] - c) for c in seen_from[i]]
+            assert np.dot(P[i] - centre, np.sum(rays, 0)) < 0  # seen only from the other side
+            left_out += 1
+    assert left_out > 0

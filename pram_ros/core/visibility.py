@@ -3,12 +3,14 @@ the size of the map.
 
 Refinement and tracking match an image against the map points that project into it. Projecting
 every point of a building-sized map costs milliseconds per call, and without occlusion the points
-of rooms far behind a wall also "project into view" and swell the matching. Two bounds keep the
+of rooms far behind a wall also "project into view" and swell the matching. Three tests keep the
 set local:
 - depth: no point farther than the map's own images saw their points (`max_depth`, the 99.5th
   percentile of the VRF points' depths in their VRF images);
 - landmarks: a landmark's points are projected only when its bounding sphere reaches in front of
-  the camera and within that depth.
+  the camera and within that depth;
+- facing: a point is seen from the side its VRF images saw it from (the angle between the viewing
+  ray and the mean of theirs is below 90 degrees): the back of a wall is not in view.
 """
 from __future__ import annotations
 
@@ -19,13 +21,15 @@ from .map import PramMap
 
 
 class PointsInView:
-    """Map points in front of a pose, within the map's viewing depth, projecting into the image."""
+    """Map points in front of a pose, within the map's viewing depth, facing it, projecting into
+    the image."""
 
     DEPTH_PERCENTILE = 99.5  # of the depths at which the map's VRF images see their points
 
     def __init__(self, m: PramMap) -> None:
         self.points = m.points.astype(np.float64)
         self.max_depth = self._viewing_depth(m)
+        self.seen_along = self._viewing_directions(m)
         order = np.argsort(m.labels, kind="stable")
         bounds = np.searchsorted(m.labels[order], np.arange(m.labels.max() + 2 if len(order) else 1))
         self.groups = [order[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
@@ -44,6 +48,15 @@ class PointsInView:
         d = d[d > 0]
         return float(np.percentile(d, cls.DEPTH_PERCENTILE)) if len(d) else np.inf
 
+    def _viewing_directions(self, m: PramMap) -> np.ndarray:
+        """Per point, the sum of the unit rays from the VRF images that hold it ((0, 0, 0): none)."""
+        out = np.zeros_like(self.points)
+        for v in range(len(m.vrf_frame)):
+            ids = m.vrf_point_ids(v)
+            ray = self.points[ids] - m.frame_T[m.vrf_frame[v]][:3, 3]
+            np.add.at(out, ids, ray / np.maximum(np.linalg.norm(ray, axis=1, keepdims=True), 1e-12))
+        return out
+
     def __call__(self, T_camera_map: np.ndarray, camera: Camera, margin: float = 0.0) -> np.ndarray:
         """Indices of the points in view of `T_camera_map` (projecting within the image + margin px)."""
         R, t = T_camera_map[:3, :3], T_camera_map[:3, 3]
@@ -53,6 +66,9 @@ class PointsInView:
         if not near.any():
             return np.zeros(0, np.int64)
         idx = np.concatenate([self.groups[i] for i in np.flatnonzero(near)])
+        centre = -R.T @ t
+        facing = np.einsum("ij,ij->i", self.points[idx] - centre, self.seen_along[idx]) >= 0
+        idx = idx[facing]
         p = self.points[idx] @ R.T + t
         idx, p = idx[p[:, 2] <= self.max_depth], p[p[:, 2] <= self.max_depth]
         uv, front = camera.project(p)
