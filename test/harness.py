@@ -1,6 +1,7 @@
 """A LocalizerNode with a peer node on one executor in a private DDS domain (shared by the tests)."""
 import time
 
+import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
@@ -78,6 +79,24 @@ def demo_harness(domain_id: int, map_dir, f0, **params) -> Harness:
     h.peer.create_subscription(TFMessage, "/tf", lambda m: h.map_tf.extend(
         t for t in m.transforms if t.header.frame_id == "map"), 100)
     return h
+
+
+def node_fixtures(count: int):
+    """The fixtures of a module that drives a localizer node on the demo map: `frames` (the first
+    `count` demo query frames) and `h` (a fresh demo_harness per test). Use:
+    `frames, h = node_fixtures(20)`."""
+
+    @pytest.fixture(scope="module", name="frames")
+    def frames_fixture(demo_query_frames):
+        return demo_query_frames[:count]
+
+    @pytest.fixture(name="h")
+    def harness_fixture(domain_id, demo_map, frames):
+        h = demo_harness(domain_id, demo_map.out, frames[0])
+        yield h
+        h.close()
+
+    return frames_fixture, harness_fixture
 
 
 def process(h, f, odometry: bool = True, camera_info: bool = True, T_odom_base=None) -> int:

@@ -4,7 +4,6 @@ mode for ground robots."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from scipy.spatial.transform import Rotation
@@ -14,19 +13,10 @@ from pram_ros.core.evaluation import errors
 from pram_ros.core.geometry import invert, make_T
 from pram_ros.ros.conversions import T_to_pose, ns_to_time, pose_to_T
 
-from harness import demo_harness, process
+from harness import demo_harness, node_fixtures, process
 
 
-@pytest.fixture(scope="module")
-def frames(demo_query_frames):
-    return demo_query_frames[:20]
-
-
-@pytest.fixture
-def h(domain_id, demo_map, frames):
-    h = demo_harness(domain_id, demo_map.out, frames[0])
-    yield h
-    h.close()
+frames, h = node_fixtures(20)
 
 
 def initialpose(frame: str, T: np.ndarray, cov_xy: float = 0.0, stamp: int = 0) -> PoseWithCovarianceStamped:

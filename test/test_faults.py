@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-import pytest
 import torch
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.parameter import Parameter
@@ -13,19 +12,10 @@ from rclpy.parameter import Parameter
 from pram_ros.core.evaluation import errors
 from pram_ros.core.geometry import invert, make_T
 
-from harness import demo_harness, process
+from harness import node_fixtures, process
 
 
-@pytest.fixture(scope="module")
-def frames(demo_query_frames):
-    return demo_query_frames[:40]
-
-
-@pytest.fixture
-def h(domain_id, demo_map, frames):
-    h = demo_harness(domain_id, demo_map.out, frames[0])
-    yield h
-    h.close()
+frames, h = node_fixtures(40)
 
 
 def status(h) -> DiagnosticStatus:

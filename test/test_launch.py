@@ -10,6 +10,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,20 @@ def our_processes(domain_id: int) -> list[str]:
     return out
 
 
+@contextmanager
+def launched(env: dict, tmp_path: Path, *args: str, peer: Peer | None = None):
+    """A `ros2 launch` process (see launch) for the `with` block, killed with all it started
+    afterwards, whatever the test did; `peer` is closed then too."""
+    proc = launch(env, tmp_path, *args)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if peer:
+            peer.close()
+
+
 def stop(proc: subprocess.Popen, domain_id: int, tmp_path: Path) -> None:
     """Ctrl-C, as a user stops a launch: it must end, with nothing it started left behind."""
     proc.send_signal(signal.SIGINT)
@@ -158,10 +173,10 @@ def test_localize_launch_under_a_namespace(workspace, small_map, small_bag, doma
     params = (ROOT / "config" / "localizer.yaml").read_text().replace("image_reliability: best_effort",
                                                                       "image_reliability: reliable")
     (tmp_path / "params.yaml").write_text(params)
-    proc = launch(env, tmp_path, "localize.launch.py", f"map_path:={small_map.out}", "namespace:=robot1",
-                  "base_frame:=base_footprint", "use_sim_time:=true", f"params_file:={tmp_path / 'params.yaml'}")
     peer = Peer(domain_id, "robot1")
-    try:
+    with launched(env, tmp_path, "localize.launch.py", f"map_path:={small_map.out}", "namespace:=robot1",
+                  "base_frame:=base_footprint", "use_sim_time:=true", f"params_file:={tmp_path / 'params.yaml'}",
+                  peer=peer) as proc:
         log = lambda: (tmp_path / "launch.log").read_text()[-3000:]  # noqa: E731
         assert peer.spin(lambda: peer.status("localizer").startswith(("stale", "localized")) and
                          peer.image.get_subscription_count() > 0, 120), log()
@@ -191,28 +206,19 @@ def test_localize_launch_under_a_namespace(workspace, small_map, small_bag, doma
         out = ros2(env, "param", "set", "/robot1/localizer", "base_frame", "base_link", "--no-daemon", "--spin-time", "5")
         assert "successful" not in out, out  # read-only
         stop(proc, domain_id, tmp_path)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        peer.close()
 
 
 def test_build_map_launch(workspace, small_bag, domain_id, tmp_path):
     env = dict(workspace["env"], ROS_DOMAIN_ID=str(domain_id))
     out = tmp_path / "map"
-    proc = launch(env, tmp_path, "build_map.launch.py", f"out:={out}", f"bag_path:={small_bag}", "steps:=20",
-                  "namespace:=robot1")
     peer = Peer(domain_id, "robot1")
-    try:
+    with launched(env, tmp_path, "build_map.launch.py", f"out:={out}", f"bag_path:={small_bag}", "steps:=20",
+                  "namespace:=robot1", peer=peer) as proc:
         assert peer.spin(lambda: peer.status("map_builder").startswith(("done", "failed")), 300, tick_clock=False), \
             (tmp_path / "launch.log").read_text()[-3000:]
         assert peer.status("map_builder").startswith("done"), peer.status("map_builder")
         assert (out / "manifest.json").is_file()
         stop(proc, domain_id, tmp_path)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        peer.close()
 
 
 def test_launch_asking_for_a_missing_package_starts_nothing(workspace, small_map, domain_id, tmp_path):
@@ -220,12 +226,8 @@ def test_launch_asking_for_a_missing_package_starts_nothing(workspace, small_map
     if any((Path(p) / "share" / "ament_index" / "resource_index" / "packages" / "rviz2").exists()
            for p in env["AMENT_PREFIX_PATH"].split(":")):
         pytest.skip("rviz2 is installed here: no missing package to ask for")
-    proc = launch(env, tmp_path, "localize.launch.py", f"map_path:={small_map.out}", "rviz:=true")
-    try:
+    with launched(env, tmp_path, "localize.launch.py", f"map_path:={small_map.out}", "rviz:=true") as proc:
         assert proc.wait(60) != 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert "needs the ROS package 'rviz2'" in (tmp_path / "launch.log").read_text()
     assert not our_processes(domain_id)
 
