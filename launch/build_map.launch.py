@@ -21,7 +21,7 @@ ARGS = [  # name, default, description
     ("record_dir", "", "where live recordings go"),
     ("features", "", "xfeat | sift | superpoint"),
     ("device", "", "auto | cpu | cuda | cuda:N"),
-    ("steps", "", "recognizer training steps"),
+    ("steps", "", "recognizer training steps (0: 6 passes over the training views, at least 400)"),
     ("image_transport", "", "raw | compressed (live recording)"),
     ("image_topic", "camera/image_raw", "camera images (live recording)"),
     ("camera_info_topic", "camera/camera_info", "camera calibration (live recording)"),

@@ -6,9 +6,13 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .core.bag import BagError, BagReader, BagTopics
 from .core.build import build_settings
 from .core.localizer import LocalizerConfig
+from .core.matcher import MatcherConfig
+from .core.matcher_training import MatcherTrainConfig
 from .core.params import add_options, options, specs
 from .core.registration import RegistrationConfig
 from .core.workdir import STAGES
@@ -167,6 +171,95 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_matcher(a: argparse.Namespace) -> int:
+    """Pairs (made once, kept in OUT/pairs.npz), then training with checkpoints; a rerun resumes."""
+    import torch
+
+    from .core.features import FeatureConfig, make_extractor
+    from .core.matcher import MatcherConfig
+    from .core.matcher_training import (MatcherTrainConfig, homography_pairs, load_pairs, map_pairs, rendered_pairs,
+                                        save_pairs, train_matcher)
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    key = f"rendered={a.rendered} homography={a.homography} maps={sorted(a.map_work_dir or [])}"
+    pairs = load_pairs(out / "pairs.npz", key)
+    if pairs is None:
+        extractor = make_extractor(FeatureConfig(device=a.device))
+        pairs = rendered_pairs(a.rendered, extractor) + homography_pairs(a.homography, extractor)
+        for w in a.map_work_dir or []:
+            pairs += map_pairs(w)
+        save_pairs(pairs, out / "pairs.npz", key)
+    print(f"== {len(pairs)} training pairs ({out / 'pairs.npz'})")
+    conf = MatcherConfig(hidden=a.hidden, layers=a.layers, pose_layers=tuple(a.pose_layers))
+    tc = MatcherTrainConfig(steps=a.steps, batch_size=a.batch_size, keypoints=a.keypoints)
+    dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                       "cpu" if a.device == "auto" else a.device)
+    report = train_matcher(pairs, out, conf, tc, dev)
+    loss = report["loss"]
+    print(f"== matcher written to {out / 'matcher.pt'}")
+    print(f"  steps {report['steps']}, {report['seconds'] / 60:.1f} min on {dev}; loss first 50 steps "
+          f"{np.mean(loss[:50]):.3f}, last 50 {np.mean(loss[-50:]):.3f}")
+    _loss_png(loss, out / "loss.png")
+    return 0
+
+
+def _loss_png(loss: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    k = max(1, len(loss) // 100)
+    ax.plot(np.convolve(loss, np.ones(k) / k, "valid"))
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"loss (mean of {k})")
+    ax.set_title("matcher training")
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+def cmd_eval_matcher(a: argparse.Namespace) -> int:
+    """Every matcher on the evaluation sets, one table, results.json and a PNG of a sample pair."""
+    import json
+
+    from .core.evaluation import write_atomic
+    from .core.features import FeatureConfig, make_extractor
+    from .core.matcher_eval import (demo_pairs, evaluate_matchers, fox_pairs, learned_matcher, lighterglue_matcher,
+                                    matches_png, nn_matcher, table, wide_pairs)
+    from .core.matcher_training import load_matcher
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    extractor = make_extractor(FeatureConfig(device="cpu"))
+    sets = {}
+    if a.fox:
+        sets["fox"] = fox_pairs(a.fox, extractor)
+    demo = Path(a.demo_data)
+    if (demo / "demo_map" / "metadata.yaml").exists():
+        sets["demo"] = demo_pairs(demo / "demo_map", demo / "demo_query", extractor)
+    else:
+        print(f"no demo bags in {demo} (pram-ros make-demo-data --out {demo}): demo set left out")
+    if a.wide:
+        sets["wide"] = wide_pairs(a.wide, extractor)
+    methods = {"nn": nn_matcher(), "lighterglue": lighterglue_matcher()}
+    if a.weights:
+        model = load_matcher(a.weights)
+        methods |= {"imp single-shot": learned_matcher(model, False), "imp iterative": learned_matcher(model, True)}
+    results = evaluate_matchers(sets, methods)
+    print(table(results))
+    write_atomic(out / "results.json", json.dumps({s: {m: r.row() for m, r in v.items()} for s, v in results.items()},
+                                                  indent=1))
+    sample = next((p for p in sets.get("demo", []) if p.images is not None), None)
+    if sample is not None:
+        for name, fn in methods.items():
+            png = out / f"matches_{name.replace(' ', '_')}.png"
+            write_atomic(png, matches_png(sample, fn(sample), f"{name}: demo query vs map"))
+        print(f"== pictures of a demo pair: {out}/matches_*.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pram-ros", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -224,6 +317,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", help="extra node parameter NAME:=VALUE (repeatable)")
     _topic_args(p)
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("train-matcher", help="train the learned matcher (rendered, photo and map pairs)")
+    p.add_argument("--out", required=True, help="directory for pairs, checkpoints and matcher.pt (a rerun resumes)")
+    p.add_argument("--rendered", type=int, default=600, help="pairs rendered from a synthetic place")
+    p.add_argument("--homography", type=int, default=300, help="pairs of warped bundled photographs")
+    p.add_argument("--map-work-dir", action="append", help="a built map's work directory: its image pairs "
+                                                           "(repeatable)")
+    p.add_argument("--steps", type=int, default=MatcherTrainConfig().steps)
+    p.add_argument("--batch-size", type=int, default=MatcherTrainConfig().batch_size)
+    p.add_argument("--keypoints", type=int, default=MatcherTrainConfig().keypoints, help="per image in a batch")
+    p.add_argument("--hidden", type=int, default=MatcherConfig().hidden)
+    p.add_argument("--layers", type=int, default=MatcherConfig().layers)
+    p.add_argument("--pose-layers", type=int, nargs="+", default=list(MatcherConfig().pose_layers))
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.set_defaults(func=cmd_train_matcher)
+
+    p = sub.add_parser("eval-matcher", help="pose AUC, precision, recall and time of the matchers side by side")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--weights", help="a trained matcher.pt (without it: the matchers that ship only)")
+    p.add_argument("--fox", help="the fox image set (transforms.json + images)")
+    p.add_argument("--demo-data", default="data", help="where the demo bags are (default: data)")
+    p.add_argument("--wide", type=int, default=60, help="rendered pairs with large viewpoint changes")
+    p.set_defaults(func=cmd_eval_matcher)
 
     p = sub.add_parser("demo", help="the full loop on the embedded synthetic place")
     p.add_argument("--data", default="data", help="where bags, map and report go (default: data)")
