@@ -11,7 +11,7 @@ from pram_ros.core.geometry import make_T
 from pram_ros.core.matcher import Matcher, MatcherConfig
 from pram_ros.core.matcher_eval import epipolar_distances, evaluate_matchers, learned_matcher, nn_matcher
 from pram_ros.core.matcher_training import (MatcherTrainConfig, Pair, load_matcher, load_pairs, loss_of, make_batch,
-                                            rendered_pairs, save_pairs, train_matcher)
+                                            map_pairs, rendered_pairs, save_pairs, train_matcher)
 from pram_ros.core.two_view import epipolar_guide, homography_guide, pose_auc, pose_error_deg, relative_pose
 
 CAM = Camera(640, 480, 400.0, 400.0, 319.5, 239.5)
@@ -126,3 +126,15 @@ def test_tiny_training_lowers_the_loss_and_resumes(tmp_path):
     for name in ("single", "iterative"):
         row = results["test"][name].row()
         assert row["precision"] > 0.5 and row["matches"] > 20, (name, row)
+
+
+def test_map_pairs_come_from_the_maps_tracks(small_map):
+    work = small_map.out.with_name(small_map.out.name + ".work")
+    pairs = map_pairs(work, min_shared=30)
+    assert pairs
+    for p in pairs:
+        i = np.flatnonzero(p.gt0 >= 0)
+        assert len(i) >= 30 and (p.gt1[p.gt0[i]] == i).all()
+        # the tracks agree with the map's own camera poses
+        assert np.median(epipolar_distances(p, np.stack([i, p.gt0[i]], 1))) < 1.0
+        assert (p.gt0 == -1).any() or (p.gt0 == -2).any()

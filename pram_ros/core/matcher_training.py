@@ -80,12 +80,16 @@ def labels_from_transfer(uv01: np.ndarray, ok01: np.ndarray, kp1: np.ndarray, uv
 
     gt0, _ = one_way(uv01, ok01, kp1)
     gt1, _ = one_way(uv10, ok10, kp0)
-    for i in np.flatnonzero(gt0 >= 0):  # keep mutual pairs only
-        if gt1[gt0[i]] != i:
-            gt0[i] = UNKNOWN
-    for j in np.flatnonzero(gt1 >= 0):
-        if gt0[gt1[j]] != j:
-            gt1[j] = UNKNOWN
+    return mutual(gt0, gt1)
+
+
+def mutual(gt0: np.ndarray, gt1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The labels with every match that is not returned the other way made UNKNOWN."""
+    gt0, gt1 = gt0.copy(), gt1.copy()
+    i = np.flatnonzero(gt0 >= 0)
+    gt0[i[gt1[gt0[i]] != i]] = UNKNOWN
+    j = np.flatnonzero(gt1 >= 0)
+    gt1[j[gt0[gt1[j]] != j]] = UNKNOWN
     return gt0, gt1
 
 
@@ -235,7 +239,8 @@ def map_pairs(work_dir: str | Path, min_shared: int = 50, max_pairs: int = 500, 
                                  (uv[:, 1] < cam_of[dst].height))
             g[has_point & outside & (g == UNKNOWN)] = NO_MATCH
             gt.append(g)
-        out.append(Pair(kp[a], desc[a], cam_of[a], kp[b], desc[b], cam_of[b], gt[0], gt[1],
+        gt0, gt1 = mutual(gt[0], gt[1])  # a point two keypoints of one image observe matches neither
+        out.append(Pair(kp[a], desc[a], cam_of[a], kp[b], desc[b], cam_of[b], gt0, gt1,
                         T_1_0=T_cw[b] @ invert(T_cw[a]), source="map"))
     return out
 
