@@ -368,9 +368,9 @@ def assignment_loss(scores: torch.Tensor, gt0: torch.Tensor, gt1: torch.Tensor) 
 def train_matcher(pairs: list[Pair], out: str | Path, conf: MatcherConfig = MatcherConfig(),
                   tc: MatcherTrainConfig = MatcherTrainConfig(), device: torch.device = torch.device("cpu"),
                   progress: bool = True) -> dict:
-    """Train on `pairs`; checkpoints go to `out` (weights.pt plus state.json, written atomically
-    every `checkpoint_every` steps), and a rerun with the same `out` resumes from the last one.
-    Returns the report (loss history, steps, seconds)."""
+    """Train on `pairs`; every `checkpoint_every` steps and at the end, `out` gets the training
+    state (checkpoint.pt, state.json) and the weights so far (matcher.pt), and a rerun with the
+    same `out` resumes from the last checkpoint. Returns the report (loss history, steps, seconds)."""
     from tqdm import tqdm
 
     out = Path(out)
@@ -415,18 +415,23 @@ def train_matcher(pairs: list[Pair], out: str | Path, conf: MatcherConfig = Matc
             report["seconds"] = time.monotonic() - t0
             _checkpoint(out, model, opt, sched, conf, report)
     model.eval()
-    torch.save({"config": conf.to_dict(), "model": {k: v.half() if v.is_floating_point() else v
-                                                    for k, v in model.state_dict().items()}}, out / "matcher.pt")
     return report
 
 
 def _checkpoint(out: Path, model, opt, sched, conf: MatcherConfig, report: dict) -> None:
+    """The training state (to resume) and the weights so far (`matcher.pt`, usable at once), each
+    written atomically."""
     import io
 
-    buf = io.BytesIO()
-    torch.save({"config": json.dumps(conf.to_dict()), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict()}, buf)
-    write_atomic(out / "checkpoint.pt", buf.getvalue())
+    def saved(obj) -> bytes:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        return buf.getvalue()
+
+    write_atomic(out / "checkpoint.pt", saved({"config": json.dumps(conf.to_dict()), "model": model.state_dict(),
+                                               "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}))
+    write_atomic(out / "matcher.pt", saved({"config": conf.to_dict(), "model": {
+        k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}}))
     write_atomic(out / "state.json", json.dumps(report))
 
 
