@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from .camera import Camera
+from .geometry import rotation_error_deg
 from .registration import RegistrationConfig, estimate_pose
 
 
@@ -39,7 +40,7 @@ def pose_error_deg(R: np.ndarray, t: np.ndarray, T_1_0: np.ndarray) -> float:
     """max(rotation error, angle between translation directions) in degrees against the true
     T_1_0 (camera 0 -> camera 1). The translation direction's sign counts as either (min of the
     angle and 180 minus it), as in SuperGlue's and IMP's evaluation, so the AUCs compare."""
-    R_err = float(np.degrees(np.arccos(np.clip((np.trace(R.T @ T_1_0[:3, :3]) - 1) / 2, -1.0, 1.0))))
+    R_err = rotation_error_deg(R, T_1_0[:3, :3])
     t_err = angle_deg(t, T_1_0[:3, 3])
     return max(R_err, min(t_err, 180.0 - t_err))
 
