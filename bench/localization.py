@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from pram_ros.core.evaluation import evaluate
+from pram_ros.core.fine import FineConfig
 from pram_ros.core.localizer import Localizer, LocalizerConfig
 
 
@@ -46,6 +47,8 @@ def main() -> None:
     runs = {
         "pram relocalization": (LocalizerConfig(method="pram", device=a.device, tracking=False), False),
         "pram tracking": (LocalizerConfig(method="pram", device=a.device, tracking=True), True),
+        "pram reloc, no fine": (LocalizerConfig(method="pram", device=a.device, tracking=False,
+                                                fine=FineConfig(enabled=False)), False),
         "exhaustive baseline": (LocalizerConfig(method="exhaustive", device=a.device, tracking=False), False),
     }
     results = {}
@@ -60,14 +63,15 @@ def main() -> None:
     print(f"\nmap {map_dir}, query {query}, {results['pram relocalization']['num_frames']} images of 640x480, "
           f"torch threads {torch.get_num_threads()}, device {a.device}")
     stages = sorted({k for r in results.values() for k in r["timing_ms"] if k != "total"})
-    head = f"{'method':<22}" + "".join(f"{s:>13}" for s in stages) + f"{'total ms':>10}{'Hz':>7}{'recall':>8}"
+    head = f"{'method':<22}" + "".join(f"{s:>13}" for s in stages) + f"{'total ms':>10}{'Hz':>7}{'recall':>8}{'med cm':>8}{'med deg':>8}"
     print(head)
     print("-" * len(head))
     for name, r in results.items():
         t = r["timing_ms"]
         print(f"{name:<22}" + "".join(f"{t.get(s, 0):>13.1f}" for s in stages) +
-              f"{t['total']:>10.1f}{1000 / t['total']:>7.1f}{r['recall']['0.25m_2deg']:>8.1%}")
-    reloc, track, base = (results[k] for k in runs)
+              f"{t['total']:>10.1f}{1000 / t['total']:>7.1f}{r['recall']['0.25m_2deg']:>8.1%}"
+              f"{100 * r['median_translation_m']:>8.2f}{r['median_rotation_deg']:>8.3f}")
+    reloc, track, _, base = (results[k] for k in runs)
     ratio = base["timing_ms"]["total"] / reloc["timing_ms"]["total"]
     print(f"\nspeed ratio baseline / pram relocalization: {ratio:.2f}x (goal >= 3x; reference 2.4x over hloc)")
     print(f"recall pram {reloc['recall']['0.25m_2deg']:.1%} vs baseline {base['recall']['0.25m_2deg']:.1%} "

@@ -3,8 +3,9 @@
     .venv/bin/python bench/precision.py [--data data] [--fox ../shared/data/fox]
 
 The reference is what a classic pipeline does: RootSIFT at full resolution, matched against every
-map image, one PnP (`--method exhaustive --features sift --resize-max 0`). PRAM runs with the
-default settings (XFeat at 640 px, recognition, landmark-wise PnP, refinement). Both localize each
+map image, one PnP (`--method exhaustive --features sift --resize-max 0`, no fine layer). PRAM runs with the
+default settings (XFeat at 640 px, recognition, landmark-wise PnP, refinement, the fine layer's
+re-fit), and without its fine layer (the coarse pose), to show what the fine layer gives. Both localize each
 query from scratch (no tracking). Prints, per place and method: median translation and rotation
 error, recall at (5 cm, 5 deg) and (25 cm, 2 deg), and the ratio of PRAM's median errors to the
 reference's (the goal: <= 1.1x). fox's scale is arbitrary (COLMAP units), so its translation
@@ -23,12 +24,14 @@ import pram_ros  # noqa: F401  (before pycolmap: see README, Known issues)
 from pram_ros.core.build import BuildConfig, build_map
 from pram_ros.core.evaluation import evaluate
 from pram_ros.core.features import FeatureConfig
+from pram_ros.core.fine import FineBuildConfig, FineConfig
 from pram_ros.core.localizer import Localizer, LocalizerConfig
 
-METHODS = {  # name: (map features, localizer method)
-    "pram (xfeat 640)": (FeatureConfig(), "pram"),
+METHODS = {  # name: (map features, localizer method, fine layer)
+    "pram (xfeat 640 + fine layer)": (FeatureConfig(), "pram", True),
+    "pram, coarse only (xfeat 640)": (FeatureConfig(), "pram", False),
     "reference (sift full-res, exhaustive)": (FeatureConfig(name="sift", max_keypoints=4096, resize_max=0),
-                                              "exhaustive"),
+                                              "exhaustive", False),
 }
 
 
@@ -52,19 +55,24 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("data"))
     ap.add_argument("--fox", type=Path, default=Path("../shared/data/fox"))
     ap.add_argument("--out", type=Path, default=Path("data/precision"))
+    ap.add_argument("--stride", type=int, default=1, help="every n-th query image (the reference takes seconds each)")
     a = ap.parse_args()
     rows = []
     for place, (map_bag, query_bag) in places(a.data, a.fox).items():
-        for name, (features, method) in METHODS.items():
-            map_dir = a.out / f"{place}_{features.name}_{features.resize_max}.pram"
-            if place == "demo" and features == FeatureConfig() and (a.data / "demo_map.pram" / "manifest.json").exists():
+        for name, (features, method, fine) in METHODS.items():
+            map_dir = a.out / f"{place}_{features.name}_{features.resize_max}.pram"  # coarse only: the same map
+            if place == "demo" and features == FeatureConfig() and (a.data / "demo_map.pram" / "fine.npz").exists():
                 map_dir = a.data / "demo_map.pram"  # `make demo`'s map: the same default settings
             t0 = time.monotonic()
             if not (map_dir / "manifest.json").exists():
-                build_map(map_bag, map_dir, BuildConfig(features=features), progress=False)
+                build_map(map_bag, map_dir, BuildConfig(features=features, fine=FineBuildConfig(enabled=method == "pram")),
+                          progress=False)
             built = time.monotonic() - t0
-            loc = Localizer(map_dir, LocalizerConfig(method=method, device="cpu", tracking=False))
-            rep = evaluate(loc, query_bag, a.out / f"{place}_{method}_{features.name}", progress=False)
+            loc = Localizer(map_dir, LocalizerConfig(method=method, device="cpu", tracking=False,
+                                                     fine=FineConfig(enabled=fine)))
+            rep = evaluate(loc, query_bag, a.out / f"{place}_{method}_{features.name}{'_fine' if fine else ''}",
+                           progress=False,
+                           stride=a.stride)
             rows.append(dict(place=place, method=name, frames=rep["num_frames"],
                              t=rep["median_translation_m"], r=rep["median_rotation_deg"],
                              t_rel=rep["median_translation_relative"], r5=rep["recall"]["0.05m_5deg"],
@@ -81,7 +89,7 @@ def main() -> None:
         print(f"{x['place']:6} {x['method']:40} {x['frames']:6d} {f(x['t'], 4):>9} {f(x['t_rel'], 4):>11} "
               f"{f(x['r'], 3):>9} {x['r5']:8.1%} {x['r25']:9.1%} {f(x['ms'], 0):>6}")
     for place in sorted({x["place"] for x in rows}):
-        p, ref = [x for x in rows if x["place"] == place]
+        p, _, ref = [x for x in rows if x["place"] == place]
         if p["t"] and ref["t"]:
             print(f"{place}: PRAM / reference median error: translation {p['t'] / ref['t']:.2f}x, "
                   f"rotation {p['r'] / ref['r']:.2f}x (goal <= 1.1x)")

@@ -12,6 +12,7 @@ from .core.bag import BagError, BagReader, BagTopics
 from .core.build import build_settings
 from .core.localizer import LocalizerConfig
 from .core.matcher import MatcherConfig
+from .core.fine import FineConfig
 from .core.matcher_training import MatcherTrainConfig
 from .core.params import add_options, options, specs
 from .core.registration import RegistrationConfig
@@ -21,7 +22,8 @@ from .core.workdir import STAGES
 def evaluate_settings() -> dict:
     """The localizer settings `evaluate` takes as options."""
     loc = specs(LocalizerConfig)
-    return {"method": loc["method"], "device": loc["device"], **specs(RegistrationConfig)}
+    return {"method": loc["method"], "device": loc["device"], "fine": specs(FineConfig)["enabled"].renamed("fine"),
+            **specs(RegistrationConfig)}
 
 
 def _topic_args(p: argparse.ArgumentParser) -> None:
@@ -112,6 +114,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     _quiet_colmap()
     v = options(a, evaluate_settings())
     loc = Localizer(a.map_dir, LocalizerConfig(method=v["method"], device=v["device"], tracking=a.tracking,
+                                               fine=FineConfig(enabled=v["fine"]),
                                                registration=RegistrationConfig(v["ransac_thresh_px"],
                                                                                v["min_inliers"])))
     report = evaluate(loc, a.query_bag, a.out, tracking=a.tracking, topics=_topics(a))

@@ -125,7 +125,7 @@ def test_points_in_view_equal_a_projection_of_the_whole_map(small_map):
     depth) the index finds exactly what projecting every point finds within that depth; from
     behind a wall looking back at it, what it leaves out is what the map only saw from the other side."""
     m = load_map(small_map.out)
-    view = PointsInView(m)
+    view = PointsInView.of_map(m)
     assert 0 < view.max_depth < np.inf
     cam: Camera = m.cameras[0]
     P = m.points.astype(np.float64)

@@ -1,6 +1,6 @@
 """Map building: from a contract bag to a PRAM map directory. One function per stage.
 
-frames -> features -> SfM (pycolmap) -> landmarks -> recognizer training -> write -> summary.
+frames -> features -> SfM (pycolmap) -> landmarks -> recognizer training -> fine layer -> write -> summary.
 """
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from . import distributed
 from .bag import BagReader, BagTopics, Frame, Frames
 from .camera import Camera
 from .features import Extractor, FeatureConfig, make_extractor, resolve_device
+from .fine import FineBuildConfig, build_fine_layer
 from .geometry import T_from_pose, invert, rotation_error_deg, umeyama
 from .landmarks import (LandmarkConfig, Observations, choose_k, cluster, greedy_vrfs, landmark_views,
                         medoid_descriptors, vrf_points)
-from .map import Baseline, PramMap, recover_interrupted, save_map
+from .map import Baseline, FineLayer, PramMap, recover_interrupted, save_map
 from .params import Spec, setting, specs, validate
 from .recognition import RecognizerConfig
 from .training import TrainConfig, train, training_samples
@@ -39,6 +40,7 @@ class BuildConfig:
     landmarks: LandmarkConfig = LandmarkConfig()
     recognizer: RecognizerConfig = RecognizerConfig()  # descriptor_dim and num_classes are set by the build
     train: TrainConfig = TrainConfig()
+    fine: FineBuildConfig = FineBuildConfig()
     pose_source: str = setting("auto", "camera poses for SfM: auto (the first there of ground_truth, tf, "
                                        "odometry) | ground_truth | tf (a SLAM system's global_frame -> "
                                        "base_frame) | odometry | none", choices=POSE_SOURCES)
@@ -74,7 +76,8 @@ def build_settings() -> dict[str, Spec]:
                                                                              "weights")},
             **{k: b[k] for k in ("pose_source", "global_frame", "base_frame", "camera_extrinsic", "prior_sigma_m")},
             "landmarks": lm["num_landmarks"].renamed("landmarks"),
-            **{k: t[k] for k in ("steps", "epochs", "max_minutes")}, "max_images": b["max_images"]}
+            **{k: t[k] for k in ("steps", "epochs", "max_minutes")}, "max_images": b["max_images"],
+            "fine": specs(FineBuildConfig)["enabled"].renamed("fine")}
 
 
 def build_config(values: dict[str, Any]) -> BuildConfig:
@@ -84,6 +87,7 @@ def build_config(values: dict[str, Any]) -> BuildConfig:
         features=FeatureConfig(v["features"], v["max_keypoints"], v["resize_max"], v["device"], v["weights"]),
         landmarks=LandmarkConfig(num_landmarks=v["landmarks"]),
         train=TrainConfig(steps=v["steps"], epochs=v["epochs"], max_minutes=v["max_minutes"]),
+        fine=FineBuildConfig(enabled=v["fine"]),
         pose_source=v["pose_source"], global_frame=v["global_frame"], base_frame=v["base_frame"],
         camera_extrinsic=v["camera_extrinsic"], prior_sigma_m=v["prior_sigma_m"], max_images=v["max_images"])
 
@@ -116,6 +120,7 @@ class BuildSummary:
     adjustment: PoseAdjustment | None = None  # how far bundle adjustment moved the cameras (tf poses)
     resumed: list[str] = field(default_factory=list)  # stages taken from the work directory
     work_dir: Path | None = None
+    fine_points: int = 0
 
     def table(self) -> str:
         mb = 1e6
@@ -131,6 +136,8 @@ class BuildSummary:
                  f"{self.recognition.get('val_landmark_accuracy', float('nan')):.3f} "
                  f"(chance {self.recognition.get('chance', float('nan')):.3f})"),
                 ("map data", f"{self.sizes['map_data'] / mb:.2f} MB"),
+                *([("fine layer", f"{self.sizes['fine'] / mb:.2f} MB ({self.fine_points} points)")]
+                  if self.sizes.get("fine") else []),
                 ("recognizer weights (fp16)", f"{self.sizes['weights'] / mb:.2f} MB"),
                 ("hloc-style map", f"{self.sizes['hloc_style'] / mb:.2f} MB"),
                 ("map data / hloc-style", f"{self.sizes['map_data'] / max(self.sizes['hloc_style'], 1):.1%}")]
@@ -452,9 +459,22 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
         return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}, {"report": report}
 
     a, meta = stages.run("training", [rconf.to_dict(), asdict(conf.train)], training_stage, split=True)
+    state, report = {k: torch.from_numpy(v) for k, v in a.items()}, meta["report"]
+
+    def fine_stage() -> tuple[dict, dict]:
+        ids = sorted(T_cw)
+        _bag_frames(bag, topics, conf, [kfs[i] for i in ids])
+        f = build_fine_layer([kfs[i].image for i in ids], [kfs[i].camera for i in ids], [T_cw[i] for i in ids],
+                             conf.fine, progress)
+        return {"points": f.points, "descriptors": f.descriptors, "seen_along": f.seen_along}, {"features": f.features}
+
+    fine = None
+    if conf.fine.enabled:
+        a, meta = stages.run("fine", asdict(conf.fine), fine_stage)
+        fine = FineLayer(a["points"], a["descriptors"], a["seen_along"], meta["features"])
+
     if distributed.rank() != 0:
         return None  # rank 0 writes the map
-    state, report = {k: torch.from_numpy(v) for k, v in a.items()}, meta["report"]
     if report["stopped_by_time_cap"]:
         warnings.append(f"recognizer training stopped by its {conf.train.max_minutes:g} min safety cap after "
                         f"{report['steps']} of {report['steps_planned']} steps: this map is less trained than "
@@ -477,7 +497,7 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
         info={"bag": str(bag), "pose_source": source, "skipped_no_pose": skipped,
               "pose_adjustment": asdict(result.adjustment) if result.adjustment else None,
               "recognition": {k: v for k, v in report.items() if k != "loss"}, "warnings": warnings},
-        baseline=Baseline(
+        fine=fine, baseline=Baseline(
             ptr=np.concatenate([[0], np.cumsum([len(f[0]) for f in feats])]),
             keypoints=np.concatenate([f[0] for f in feats]), descriptors=np.concatenate([f[1] for f in feats]),
             point_ids=np.concatenate(kp_point),
@@ -489,10 +509,11 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
 
     files = {p.name: p.stat().st_size for p in out.iterdir()}
     sizes = {"map_data": files["map.npz"], "weights": files["recognizer.safetensors"],
-             "baseline": files.get("baseline.npz", 0), "hloc_style": hloc_style_bytes(result, feats)}
+             "baseline": files.get("baseline.npz", 0), "fine": files.get("fine.npz", 0),
+             "hloc_style": hloc_style_bytes(result, feats)}
     return BuildSummary(out, len(kfs), len(marks.xyz), m.num_landmarks, len(vrfs), frame, m.metric, report,
                         stages.times, sizes, warnings, source, skipped, result.adjustment, stages.resumed,
-                        stages.work.path)
+                        stages.work.path, len(fine.points) if fine is not None else 0)
 
 
 def landmarks_png(m: PramMap) -> bytes:

@@ -151,9 +151,9 @@ def plot_report(path: Path, rows: list[FrameRow], title: str) -> None:
 
 
 def evaluate(localizer, bag: str | Path, out_dir: str | Path, tracking: bool = False, topics=None,
-             progress: bool = True, max_frames: int = 0) -> dict[str, Any]:
-    """Localize each frame of `bag` and write the report into out_dir; returns the report. Tracking
-    uses the bag's odometry, as the node does, where the bag has it."""
+             progress: bool = True, max_frames: int = 0, stride: int = 1) -> dict[str, Any]:
+    """Localize each frame of `bag` (every `stride`-th) and write the report into out_dir; returns
+    the report. Tracking uses the bag's odometry, as the node does, where the bag has it."""
     from tqdm import tqdm
 
     from .bag import BagReader, BagTopics
@@ -164,12 +164,14 @@ def evaluate(localizer, bag: str | Path, out_dir: str | Path, tracking: bool = F
     with BagReader(bag, topics or BagTopics()) as reader:
         if not reader.has_poses:
             raise ValueError(f"{bag} has no ground-truth poses on {reader.topics.pose!r}: nothing to evaluate against")
-        n = len(reader) if not max_frames else min(max_frames, len(reader))
+        n = -(-len(reader) // stride) if not max_frames else min(max_frames, -(-len(reader) // stride))
         first = True
         for f in tqdm(reader.frames(), total=n, desc=f"evaluate {localizer.conf.method}", unit="img",
                       disable=not progress):
             if max_frames and len(rows) >= max_frames:
                 break
+            if f.index % stride:
+                continue
             if first:
                 localizer.warm_up(f.camera)
                 first = False

@@ -10,7 +10,8 @@ exhaustive: match against the keypoints of every map image (hloc without global 
             recognition alone.
 auto:       exhaustive on maps small enough that it is the cheaper route, else pram.
 A pose found from the map points in view (refinement, tracking) ends re-fitted to the matches near
-its projection (`polish_radius_px`).
+its projection (`polish_radius_px`), then, when the map has a fine layer, to full-resolution SIFT
+points (fine.py): the coarse features find the pose, the fine ones make it precise.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch
 
 from .camera import Camera
 from .features import FeatureConfig, Features, make_extractor
+from .fine import FineConfig, FineRegistration
 from .geometry import invert
 from .map import MapError, PramMap, has_baseline, load_baseline, load_map, read_manifest
 from .recognition import Recognizer, RecognizerConfig, normalize_keypoints
@@ -68,6 +70,7 @@ class LocalizerConfig:
     track_radius_px: float = 60.0  # first tracking pass: how far from its projection from the last pose a
     # point may be seen (the node processes a few frames a second on a CPU: the image moves tens of px)...
     track_radius_odometry_px: float = 24.0  # ...and from the last pose moved by odometry, when there is odometry
+    fine: FineConfig = FineConfig()
 
     def __post_init__(self) -> None:
         validate(self)
@@ -84,9 +87,12 @@ class LocalizationResult:
     num_keypoints: int = 0
     keypoints: np.ndarray | None = None  # (N, 2) query keypoints
     keypoint_landmarks: np.ndarray | None = None  # (N,) recognized label per keypoint (0: none)
-    inlier_keypoints: np.ndarray | None = None  # indices into keypoints
-    inlier_uv: np.ndarray | None = None  # the inlier 2D-3D correspondences
+    inlier_keypoints: np.ndarray | None = None  # indices into keypoints (the coarse pose's inliers)
+    inlier_uv: np.ndarray | None = None  # the inlier 2D-3D correspondences of the final pose
     inlier_xyz: np.ndarray | None = None
+    fine: bool = False  # the final pose was re-fit to the map's fine layer...
+    fine_reason: str = ""  # ...or why not
+    fine_points: np.ndarray | None = None  # the fine points of the inliers, when fine
     landmarks: list[int] = field(default_factory=list)  # ranked candidates
     tried: list[int] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -121,13 +127,15 @@ class Localizer:
         self.device_warning = ""  # set when a CUDA error moved the networks to the CPU
         self._place_networks(conf.device)
         self.points = m.points.astype(np.float64)
-        self.in_view = PointsInView(m)
+        self.in_view = PointsInView.of_map(m)
+        self.fine = FineRegistration(m, conf.fine) if conf.fine.enabled and m.fine is not None else None
         k = m.num_landmarks
         self.vrfs_of = [np.flatnonzero(m.vrf_landmark == lm) for lm in range(k + 1)]
         self.landmark_points = [np.unique(np.concatenate([m.vrf_point_ids(v) for v in vs])) if len(vs) else
                                 np.zeros(0, np.int64) for vs in self.vrfs_of]
         self.last_T_camera_map: np.ndarray | None = None
         self.last_T_odom_camera: np.ndarray | None = None  # odometry at the last pose, to predict the next
+        self.last_fine_points: np.ndarray | None = None  # the fine points the last pose was fit to
         self.prior_T_map_camera: np.ndarray | None = None
         self.prior_position_cov: np.ndarray | None = None
         self.vrf_centers = m.frame_T[m.vrf_frame][:, :3, 3]  # where each VRF's landmark was seen from
@@ -147,7 +155,7 @@ class Localizer:
 
     def reset(self) -> None:
         """Forget the track: the next image is recognized from scratch."""
-        self.last_T_camera_map = None
+        self.last_T_camera_map = self.last_fine_points = None
         self.prior_T_map_camera = self.prior_position_cov = None
 
     def set_prior(self, T_map_camera: np.ndarray | None, position_cov: np.ndarray | None = None) -> None:
@@ -156,7 +164,7 @@ class Localizer:
         of its position (`position_cov`, 3x3 in the map frame), then the others."""
         self.prior_T_map_camera = T_map_camera
         self.prior_position_cov = position_cov
-        self.last_T_camera_map = None
+        self.last_T_camera_map = self.last_fine_points = None
 
     def warm_up(self, camera: Camera) -> None:
         """Run the networks once so the first real frame is not slow."""
@@ -187,27 +195,37 @@ class Localizer:
     def _localize(self, image: np.ndarray, camera: Camera, use_tracking: bool | None,
                   T_camera_body: np.ndarray | None, T_odom_camera: np.ndarray | None) -> LocalizationResult:
         times: dict[str, float] = {}
-        with self._timer(times, "features"):
-            feats = self.extractor(image)
-        kp, _ = feats.numpy()
         track = self.conf.tracking if use_tracking is None else use_tracking
-        res = None
+        res, sift = None, None
         start, radius = self._track_start(track, T_odom_camera)
-        if start is not None:
+        if start is not None and self.fine is not None:  # SIFT alone while the fine track holds
             with self._timer(times, "tracking"):
-                res = self._refine(feats, kp, camera, start, "tracking", (radius,))
+                sift = self.fine.extract(image)
+                res = self._fine_track(sift, camera, start, radius)
         if res is None or not res.success:
-            res = self._exhaustive(feats, kp, camera, times) if self.method == "exhaustive" else \
-                self._recognize_and_register(feats, kp, camera, times)
-        res.num_keypoints = len(kp)
-        res.keypoints = kp
+            with self._timer(times, "features"):
+                feats = self.extractor(image)
+            kp, _ = feats.numpy()
+            if start is not None:
+                with self._timer(times, "tracking"):
+                    res = self._refine(feats, kp, camera, start, "tracking", (radius,))
+            if res is None or not res.success:
+                res = self._exhaustive(feats, kp, camera, times) if self.method == "exhaustive" else \
+                    self._recognize_and_register(feats, kp, camera, times)
+            res.num_keypoints = len(kp)
+            res.keypoints = kp
+            if res.success and self.fine is not None:
+                with self._timer(times, "fine"):
+                    sift = sift if sift is not None else self.fine.extract(image)
+                    self._fine(res, sift, camera, feats)
         self.prior_T_map_camera = self.prior_position_cov = None  # a prior is used for one frame: a wrong
         # one cannot hold the node
         if res.success:
             res.covariance = covariance(res.T_map_camera, res.inlier_uv, res.inlier_xyz, camera, T_camera_body)
             self.last_T_camera_map, self.last_T_odom_camera = res.T_camera_map, T_odom_camera
+            self.last_fine_points = res.fine_points
         else:
-            self.last_T_camera_map = self.last_T_odom_camera = None
+            self.last_T_camera_map = self.last_T_odom_camera = self.last_fine_points = None
         times["total"] = sum(times.values())
         res.timings_ms = times
         return res
@@ -383,6 +401,39 @@ class Localizer:
             T = refit
             res = self._accept(LocalizationResult(False, res.mode), PoseEstimate(T, near),
                                kp[q_all], xyz_all, q_all)
+        return res
+
+    def _fine(self, res: LocalizationResult, sift: tuple[np.ndarray, np.ndarray], camera: Camera,
+              feats: Features) -> None:
+        """The coarse pose re-fit to the fine layer when that fit holds and keeps the coarse inliers on
+        their keypoints (a fit to the wrong points moves them all); else it stays as it is."""
+        px = self.feature_conf.pixels_per_detector_pixel(*feats.image_size)
+        fit, res.fine_reason = self.fine.fit(sift, camera, res.T_camera_map, self.fine.radii(px))
+        if fit is not None:
+            shift = float(np.median(reprojection_errors(fit.T_camera_map, res.inlier_uv, res.inlier_xyz, camera))) / px
+            if shift > self.conf.fine.max_coarse_shift_px:
+                res.fine_reason = f"the fine fit moved the coarse inliers {shift:.1f} px from their keypoints"
+                return
+            res.fine, res.fine_points = True, fit.point_ids[fit.inliers]
+            res.T_camera_map = fit.T_camera_map
+            res.num_inliers = int(fit.inliers.sum())
+            res.inlier_uv, res.inlier_xyz = fit.uv[fit.inliers], fit.xyz[fit.inliers]
+
+    def _fine_track(self, sift: tuple[np.ndarray, np.ndarray], camera: Camera, T_camera_map: np.ndarray,
+                    radius: float) -> LocalizationResult:
+        """Tracking on the fine layer alone: the query's SIFT keypoints matched near the fine points'
+        projections from the predicted pose, RANSAC at the first radius, then the fine passes."""
+        px = self.feature_conf.pixels_per_detector_pixel(camera.width, camera.height)
+        fit, reason = self.fine.fit(sift, camera, T_camera_map, self.fine.radii(px, radius * px), robust_first=True,
+                                    first_points=self.last_fine_points)
+        kp = sift[0]
+        res = LocalizationResult(False, "tracking", reason, num_keypoints=len(kp), keypoints=kp, fine_reason=reason)
+        if fit is None:
+            return res
+        res.success, res.fine, res.fine_points = True, True, fit.point_ids[fit.inliers]
+        res.T_camera_map, res.num_inliers = fit.T_camera_map, int(fit.inliers.sum())
+        res.inlier_keypoints = fit.keypoints[fit.inliers]
+        res.inlier_uv, res.inlier_xyz = fit.uv[fit.inliers], fit.xyz[fit.inliers]
         return res
 
     def _exhaustive(self, feats: Features, kp: np.ndarray, camera: Camera, times: dict[str, float]) -> LocalizationResult:

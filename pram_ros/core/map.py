@@ -4,6 +4,7 @@ The map holds 3D points with a landmark label and one float16 descriptor each, t
 reference frames (VRFs) with their poses, the cameras, and the recognizer: no per-image feature
 files and no global descriptors. `baseline.npz` (optional) holds the hloc-style per-image
 features that only the exhaustive baseline uses; it is not part of the PRAM map's size.
+`fine.npz` (optional) holds the fine layer: full-resolution SIFT points for the final pose (fine.py).
 
 Writing is atomic (a temporary directory renamed into place); loading checks the format,
 version, every file's sha256, and never unpickles.
@@ -32,6 +33,9 @@ MAP_ARRAYS = {"points": np.float32, "labels": np.int32, "descriptors": np.float1
               "vrf_points": np.int32}
 
 
+FINE_ARRAYS = {"points": np.float32, "descriptors": np.uint8, "seen_along": np.float16}
+
+
 class MapError(ValueError):
     """A map directory that is missing, damaged, foreign, of another version, or inconsistent."""
 
@@ -46,6 +50,22 @@ class Baseline:
     point_ids: np.ndarray  # (M,) int32 index into PramMap.points, -1 when not a map point
     T_map_camera: np.ndarray  # (F, 4, 4)
     camera: np.ndarray  # (F,) int32
+
+
+@dataclass
+class FineLayer:
+    """Full-resolution SIFT points of the map images, triangulated at the map's camera poses."""
+
+    points: np.ndarray  # (P, 3) float32
+    descriptors: np.ndarray  # (P, 128) uint8: RootSIFT x 255 (unit length once divided)
+    seen_along: np.ndarray  # (P, 3) float16 mean unit viewing ray of the images that saw the point
+    features: dict[str, Any]  # the SIFT settings: the localizer extracts the same
+
+    def problems(self) -> list[str]:
+        n = len(self.points)
+        if self.points.shape != (n, 3) or self.seen_along.shape != (n, 3) or self.descriptors.shape[0] != n:
+            return ["fine layer arrays differ in length"]
+        return []
 
 
 @dataclass
@@ -67,6 +87,7 @@ class PramMap:
     metric: bool = True
     info: dict[str, Any] = field(default_factory=dict)
     baseline: Baseline | None = None
+    fine: FineLayer | None = None
     images: int = 0  # map images the map was built from (frame_T holds only those with VRFs); 0: unknown
 
     @property
@@ -94,6 +115,8 @@ class PramMap:
             problems.append("frame cameras outside the camera table")
         if self.descriptors.ndim != 2 or self.descriptors.shape[1] != self.recognizer_config.get("descriptor_dim"):
             problems.append("descriptor size differs from the recognizer's")
+        if self.fine is not None:
+            problems += self.fine.problems()
         if problems:
             raise MapError("inconsistent map: " + "; ".join(problems))
 
@@ -188,6 +211,9 @@ def save_map(m: PramMap, out: str | Path, extra_files: dict[str, bytes] | None =
             f, ptr=b.ptr.astype(np.int64), keypoints=b.keypoints.astype(np.float32),
             descriptors=b.descriptors.astype(np.float16), point_ids=b.point_ids.astype(np.int32),
             T_map_camera=b.T_map_camera.astype(np.float64), camera=b.camera.astype(np.int32)))
+    if m.fine is not None:
+        fine = {k: np.ascontiguousarray(getattr(m.fine, k), dtype=t) for k, t in FINE_ARRAYS.items()}
+        _fsync_write(tmp / "fine.npz", lambda f: np.savez(f, **fine))
     for name, data in (extra_files or {}).items():
         _fsync_write(tmp / name, lambda f, d=data: f.write(d))
     files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
@@ -198,6 +224,7 @@ def save_map(m: PramMap, out: str | Path, extra_files: dict[str, bytes] | None =
         "counts": {"points": int(len(m.points)), "landmarks": m.num_landmarks, "vrfs": int(len(m.vrf_frame)),
                    "frames": int(len(m.frame_T)), "images": int(m.images)},
         "files": files, "info": m.info,
+        **({"fine": {"features": m.fine.features, "points": int(len(m.fine.points))}} if m.fine is not None else {}),
     }
     _fsync_write(tmp / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
     replace_dir_atomically(tmp, out)
@@ -288,6 +315,12 @@ def load_map(path: str | Path, with_baseline: bool = False) -> PramMap:
                     **{k: a[k] for k in MAP_ARRAYS})
     except (KeyError, TypeError, ValueError) as exc:
         raise MapError(f"{path}/manifest.json is malformed: {exc}") from exc
+    if "fine.npz" in manifest["files"]:
+        f = _npz(path / "fine.npz", FINE_ARRAYS)
+        features = manifest.get("fine", {}).get("features") if isinstance(manifest.get("fine"), dict) else None
+        if not isinstance(features, dict):
+            raise MapError(f"{path}/manifest.json does not describe its fine.npz")
+        m.fine = FineLayer(**{k: f[k] for k in FINE_ARRAYS}, features=features)
     m.check()
     _check_recognizer(m, path)
     if with_baseline:

@@ -21,24 +21,30 @@ from .map import PramMap
 
 
 class PointsInView:
-    """Map points in front of a pose, within the map's viewing depth, facing it, projecting into
-    the image."""
+    """Points in front of a pose, within a viewing depth, facing it, projecting into the image."""
 
     DEPTH_PERCENTILE = 99.5  # of the depths at which the map's VRF images see their points
 
-    def __init__(self, m: PramMap) -> None:
-        self.points = m.points.astype(np.float64)
-        self.max_depth = self._viewing_depth(m)
-        self.seen_along = self._viewing_directions(m)
-        order = np.argsort(m.labels, kind="stable")
-        bounds = np.searchsorted(m.labels[order], np.arange(m.labels.max() + 2 if len(order) else 1))
+    def __init__(self, points: np.ndarray, labels: np.ndarray, seen_along: np.ndarray, max_depth: float) -> None:
+        """`labels` group the points for culling (a landmark's, any grouping of nearby points);
+        `seen_along` is each point's mean viewing direction (zero: seen from anywhere)."""
+        self.points = np.asarray(points, np.float64)
+        self.max_depth = max_depth
+        self.seen_along = np.asarray(seen_along, np.float64)
+        order = np.argsort(labels, kind="stable")
+        bounds = np.searchsorted(labels[order], np.arange(labels.max() + 2 if len(order) else 1))
         self.groups = [order[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
         self.centres = np.array([self.points[g].mean(0) for g in self.groups]).reshape(-1, 3)
         self.radii = np.array([np.linalg.norm(self.points[g] - c, axis=1).max()
                                for g, c in zip(self.groups, self.centres)])
 
     @classmethod
-    def _viewing_depth(cls, m: PramMap) -> float:
+    def of_map(cls, m: PramMap) -> "PointsInView":
+        """The map's points, grouped by landmark, seen along their VRF images' rays."""
+        return cls(m.points, m.labels, cls._viewing_directions(m), cls.viewing_depth(m))
+
+    @classmethod
+    def viewing_depth(cls, m: PramMap) -> float:
         """How far the map's images see: a percentile of the VRF points' depths (inf: no VRFs)."""
         depths = []
         for v in range(len(m.vrf_frame)):
@@ -48,12 +54,14 @@ class PointsInView:
         d = d[d > 0]
         return float(np.percentile(d, cls.DEPTH_PERCENTILE)) if len(d) else np.inf
 
-    def _viewing_directions(self, m: PramMap) -> np.ndarray:
+    @staticmethod
+    def _viewing_directions(m: PramMap) -> np.ndarray:
         """Per point, the sum of the unit rays from the VRF images that hold it ((0, 0, 0): none)."""
-        out = np.zeros_like(self.points)
+        points = m.points.astype(np.float64)
+        out = np.zeros_like(points)
         for v in range(len(m.vrf_frame)):
             ids = m.vrf_point_ids(v)
-            ray = self.points[ids] - m.frame_T[m.vrf_frame[v]][:3, 3]
+            ray = points[ids] - m.frame_T[m.vrf_frame[v]][:3, 3]
             np.add.at(out, ids, ray / np.maximum(np.linalg.norm(ray, axis=1, keepdims=True), 1e-12))
         return out
 

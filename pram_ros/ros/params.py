@@ -13,6 +13,7 @@ from pathlib import Path
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from ..core.build import build_settings
+from ..core.fine import FineConfig
 from ..core.localizer import LocalizerConfig
 from ..core.params import Spec, setting, specs, yaml_text
 from ..core.registration import RegistrationConfig
@@ -72,7 +73,8 @@ class MapBuilderNodeConfig:
 def _localizer_table() -> dict[str, Spec]:
     node, loc, reg = specs(LocalizerNodeConfig), specs(LocalizerConfig), specs(RegistrationConfig)
     core = {"device": loc["device"], "fp16": loc["half"].renamed("fp16"),
-            "use_tracking": loc["tracking"].renamed("use_tracking"), **reg}
+            "use_tracking": loc["tracking"].renamed("use_tracking"),
+            "use_fine": specs(FineConfig)["enabled"].renamed("use_fine"), **reg}
     first = ("map_path",)
     return {**{k: node[k] for k in first}, **core, **{k: v for k, v in node.items() if k not in first}}
 
