@@ -202,6 +202,8 @@ class FineRegistration:
         d2 = np.sqrt(np.maximum(2 - 2 * second_sim, 0))
         ok = (sim[best] >= c.min_similarity) & (~has_second | (d1 < c.ratio * d2))
         bi, bk, bs = i[best][ok], k[best][ok], sim[best][ok]
+        if len(bk) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
         order = np.lexsort((-bs, bk))  # one point per keypoint: the most similar
         bi, bk = bi[order], bk[order]
         first = np.r_[True, bk[1:] != bk[:-1]]
