@@ -20,7 +20,7 @@ from .features import Extractor, FeatureConfig, make_extractor, resolve_device
 from .fine import FineBuildConfig, build_fine_layer
 from .geometry import T_from_pose, invert, rotation_error_deg, umeyama
 from .landmarks import (LandmarkConfig, Observations, choose_k, cluster, greedy_vrfs, landmark_views,
-                        medoid_descriptors, vrf_points)
+                        medoid_descriptors, vrf_points, well_observed)
 from .map import Baseline, FineLayer, PramMap, recover_interrupted, save_map
 from .params import Spec, setting, specs, validate
 from .recognition import RecognizerConfig
@@ -246,14 +246,10 @@ class Landmarks:
 def make_landmarks(result: SfmResult, kfs: list[Keyframe], feats: list[tuple[np.ndarray, np.ndarray]],
                    conf: LandmarkConfig) -> Landmarks:
     """Points with track >= min_track, their labels, medoid descriptors, VRFs and VRF point sets."""
-    keep = result.track_lengths() >= conf.min_track
-    if keep.sum() < 10:
-        raise RuntimeError(f"only {keep.sum()} points are seen in >= {conf.min_track} images: too little overlap "
+    xyz, obs = well_observed(result, conf.min_track)
+    if len(xyz) < 10:
+        raise RuntimeError(f"only {len(xyz)} points are seen in >= {conf.min_track} images: too little overlap "
                            f"between the map images to build a map")
-    new_index = np.cumsum(keep) - 1
-    seen = keep[result.track_point]
-    obs = Observations(new_index[result.track_point[seen]], result.track_image[seen], result.track_keypoint[seen])
-    xyz = result.points[keep]
     T_cw = {int(i): result.T_cw[i] for i in np.flatnonzero(result.registered)}
     centres = np.array([invert(T)[:3, 3] for T in T_cw.values()])
     labels = cluster(xyz, centres, choose_k(len(xyz), conf))

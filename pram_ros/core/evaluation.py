@@ -164,7 +164,8 @@ def evaluate(localizer, bag: str | Path, out_dir: str | Path, tracking: bool = F
     with BagReader(bag, topics or BagTopics()) as reader:
         if not reader.has_poses:
             raise ValueError(f"{bag} has no ground-truth poses on {reader.topics.pose!r}: nothing to evaluate against")
-        n = -(-len(reader) // stride) if not max_frames else min(max_frames, -(-len(reader) // stride))
+        n = -(-len(reader) // stride)  # frames evaluated
+        n = min(max_frames, n) if max_frames else n
         first = True
         for f in tqdm(reader.frames(), total=n, desc=f"evaluate {localizer.conf.method}", unit="img",
                       disable=not progress):

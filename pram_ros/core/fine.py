@@ -23,7 +23,7 @@ from scipy.spatial import cKDTree
 from .camera import Camera
 from .features import FeatureConfig, SiftExtractor
 from .geometry import invert
-from .landmarks import Observations, medoid_descriptors
+from .landmarks import medoid_descriptors, well_observed
 from .map import FineLayer, PramMap
 from .params import setting, validate
 from .registration import PoseEstimate, RegistrationConfig, check, estimate_pose, refine_pose, reprojection_errors
@@ -65,7 +65,6 @@ class FineConfig:
     min_similarity: float = 0.7  # RootSIFT cosine
     max_coarse_shift_px: float = 3.0  # in coarse detector pixels: the coarse inliers' median reprojection
     # error under the fine pose may not exceed this (a fit to the wrong points moves them all)
-    registration: RegistrationConfig = RegistrationConfig()
 
     def __post_init__(self) -> None:
         validate(self)
@@ -80,11 +79,7 @@ def build_fine_layer(images: list[np.ndarray], cameras: list[Camera], T_cw: list
     feats = [sift(img).numpy() for img in tqdm(images, desc="fine features", unit="img", disable=not progress)]
     inputs = [SfmInput(f"{i:05d}", cam, k, d, invert(T)) for i, (cam, (k, d), T) in enumerate(zip(cameras, feats, T_cw))]
     r = run_sfm(inputs, conf.sfm)
-    keep = r.track_lengths() >= conf.min_track
-    new_index = np.cumsum(keep) - 1
-    seen = keep[r.track_point]
-    obs = Observations(new_index[r.track_point[seen]], r.track_image[seen], r.track_keypoint[seen])
-    points = r.points[keep]
+    points, obs = well_observed(r, conf.min_track)
     desc = medoid_descriptors(obs, [d for _, d in feats], len(points))
     centres = np.array([invert(T)[:3, 3] for T in T_cw])
     rays = points[obs.point] - centres[obs.image]
@@ -112,10 +107,12 @@ class FineRegistration:
     """Poses from the query's SIFT keypoints matched to the fine points projecting near them: the
     localizer's last step after a coarse pose, and its tracking step from the last pose."""
 
-    def __init__(self, m: PramMap, conf: FineConfig = FineConfig()) -> None:
+    def __init__(self, m: PramMap, conf: FineConfig = FineConfig(),
+                 registration: RegistrationConfig = RegistrationConfig()) -> None:
+        """`registration`: the acceptance rules, the localizer's own."""
         assert m.fine is not None
         f = m.fine
-        self.conf = conf
+        self.conf, self.registration = conf, registration
         self.points = f.points.astype(np.float64)
         self.descriptors = f.descriptors.astype(np.float32) / DESCRIPTOR_SCALE
         self.descriptors /= np.maximum(np.linalg.norm(self.descriptors, axis=1, keepdims=True), 1e-12)
@@ -144,7 +141,7 @@ class FineRegistration:
         are matched once to the points in view within the next radius, and, radius by radius, the
         pose is re-fit to the matches within it."""
         kp, desc = sift
-        need = self.conf.registration.min_inliers
+        need = self.registration.min_inliers
         T = T_camera_map
         if robust_first:
             T, reason = self._ransac(kp, desc, camera, T, radii[0], first_points)
@@ -165,7 +162,7 @@ class FineRegistration:
                 return None, "fine refinement failed"
             T = T_new
         near = reprojection_errors(T, uv, xyz, camera) < radii[-1]
-        reason = check(PoseEstimate(T, near), uv, camera, self.conf.registration)
+        reason = check(PoseEstimate(T, near), uv, camera, self.registration)
         return (None, f"fine fit: {reason}") if reason else (FineFit(T, q, p, uv, xyz, near), "")
 
     def _ransac(self, kp: np.ndarray, desc: np.ndarray, camera: Camera, T: np.ndarray, radius: float,
@@ -173,10 +170,10 @@ class FineRegistration:
         """A pose by RANSAC from the matches of `points` (default: all in view) within `radius` of T."""
         cand = self.in_view(T, camera) if points is None else points
         q, p = self._match(kp, desc, cand, T, camera, radius)
-        need = self.conf.registration.min_inliers
+        need = self.registration.min_inliers
         if len(q) < need:
             return None, f"{len(q)} fine matches within {radius:.1f} px"
-        est = estimate_pose(kp[q], self.points[p], camera, replace(self.conf.registration, ransac_thresh_px=radius / 2))
+        est = estimate_pose(kp[q], self.points[p], camera, replace(self.registration, ransac_thresh_px=radius / 2))
         if est is None or est.num_inliers < need:
             return None, f"fine RANSAC: {0 if est is None else est.num_inliers} inliers < {need}"
         return est.T_camera_map, ""

@@ -3,11 +3,15 @@ virtual reference frames (VRFs) that cover each landmark (PRAM section 1, steps 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.cluster import Birch
 
 from .params import setting, validate
+
+if TYPE_CHECKING:
+    from .sfm import SfmResult
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,16 @@ class Observations:
     point: np.ndarray
     image: np.ndarray
     keypoint: np.ndarray
+
+
+def well_observed(result: SfmResult, min_track: int) -> tuple[np.ndarray, Observations]:
+    """The points of a reconstruction seen in at least `min_track` images, and their observations
+    (point indices renumbered among the kept points)."""
+    keep = result.track_lengths() >= min_track
+    new_index = np.cumsum(keep) - 1
+    seen = keep[result.track_point]
+    return result.points[keep], Observations(new_index[result.track_point[seen]], result.track_image[seen],
+                                             result.track_keypoint[seen])
 
 
 def choose_k(num_points: int, conf: LandmarkConfig) -> int:

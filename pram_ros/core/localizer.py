@@ -26,7 +26,7 @@ import torch
 
 from .camera import Camera
 from .features import FeatureConfig, Features, make_extractor
-from .fine import FineConfig, FineRegistration
+from .fine import FineConfig, FineFit, FineRegistration
 from .geometry import invert
 from .map import MapError, PramMap, has_baseline, load_baseline, load_map, read_manifest
 from .recognition import Recognizer, RecognizerConfig, normalize_keypoints
@@ -128,7 +128,7 @@ class Localizer:
         self._place_networks(conf.device)
         self.points = m.points.astype(np.float64)
         self.in_view = PointsInView.of_map(m)
-        self.fine = FineRegistration(m, conf.fine) if conf.fine.enabled and m.fine is not None else None
+        self.fine = FineRegistration(m, conf.fine, conf.registration) if conf.fine.enabled and m.fine is not None else None
         k = m.num_landmarks
         self.vrfs_of = [np.flatnonzero(m.vrf_landmark == lm) for lm in range(k + 1)]
         self.landmark_points = [np.unique(np.concatenate([m.vrf_point_ids(v) for v in vs])) if len(vs) else
@@ -414,10 +414,7 @@ class Localizer:
             if shift > self.conf.fine.max_coarse_shift_px:
                 res.fine_reason = f"the fine fit moved the coarse inliers {shift:.1f} px from their keypoints"
                 return
-            res.fine, res.fine_points = True, fit.point_ids[fit.inliers]
-            res.T_camera_map = fit.T_camera_map
-            res.num_inliers = int(fit.inliers.sum())
-            res.inlier_uv, res.inlier_xyz = fit.uv[fit.inliers], fit.xyz[fit.inliers]
+            self._take_fit(res, fit)
 
     def _fine_track(self, sift: tuple[np.ndarray, np.ndarray], camera: Camera, T_camera_map: np.ndarray,
                     radius: float) -> LocalizationResult:
@@ -430,11 +427,17 @@ class Localizer:
         res = LocalizationResult(False, "tracking", reason, num_keypoints=len(kp), keypoints=kp, fine_reason=reason)
         if fit is None:
             return res
-        res.success, res.fine, res.fine_points = True, True, fit.point_ids[fit.inliers]
-        res.T_camera_map, res.num_inliers = fit.T_camera_map, int(fit.inliers.sum())
+        res.success = True
         res.inlier_keypoints = fit.keypoints[fit.inliers]
-        res.inlier_uv, res.inlier_xyz = fit.uv[fit.inliers], fit.xyz[fit.inliers]
+        self._take_fit(res, fit)
         return res
+
+    @staticmethod
+    def _take_fit(res: LocalizationResult, fit: FineFit) -> None:
+        """`res` takes the fine fit's pose and inliers."""
+        res.fine, res.fine_points = True, fit.point_ids[fit.inliers]
+        res.T_camera_map, res.num_inliers = fit.T_camera_map, int(fit.inliers.sum())
+        res.inlier_uv, res.inlier_xyz = fit.uv[fit.inliers], fit.xyz[fit.inliers]
 
     def _exhaustive(self, feats: Features, kp: np.ndarray, camera: Camera, times: dict[str, float]) -> LocalizationResult:
         b = self.map.baseline
