@@ -1,4 +1,4 @@
-"""Registration: absolute pose from 2D-3D matches (PoseLib LO-RANSAC, pycolmap refinement), explicit
+"""Registration: absolute pose from 2D-3D matches (PoseLib LO-RANSAC and refinement), explicit
 acceptance rules, and a covariance from the inliers' reprojection residuals."""
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import poselib
-import pycolmap
 from scipy.spatial.transform import Rotation
 
 from .camera import Camera
 from .geometry import invert, make_T
 from .params import setting, validate
-from .sfm import rigid3d, rigid_matrix
 
 MIN_POSITION_VAR = 1e-4  # 1 cm^2
 MIN_ROTATION_VAR = np.radians(1.0) ** 2  # (1 deg)^2
@@ -47,6 +45,11 @@ class PoseEstimate:
         return invert(self.T_camera_map)
 
 
+def _poselib_camera(camera: Camera) -> poselib.Camera:
+    pc = camera.to_pycolmap()
+    return poselib.Camera(pc.model.name, list(pc.params), camera.width, camera.height)
+
+
 def estimate_pose(uv: np.ndarray, xyz: np.ndarray, camera: Camera, conf: RegistrationConfig) -> PoseEstimate | None:
     """PnP: PoseLib's P3P LO-RANSAC with refinement, under the camera's distortion model; None when
     RANSAC finds no model. PoseLib stops as soon as the inlier ratio allows (after 100 iterations at
@@ -54,12 +57,10 @@ def estimate_pose(uv: np.ndarray, xyz: np.ndarray, camera: Camera, conf: Registr
     tracking matches)."""
     if len(uv) < 4:
         return None
-    pc = camera.to_pycolmap()
     ransac = {"max_reproj_error": conf.ransac_thresh_px, "min_iterations": 100, "max_iterations": 10000,
               "seed": 0}  # the same pose for the same matches, whatever ran before in the process
     pose, info = poselib.estimate_absolute_pose(np.asarray(uv, np.float64) + 0.5, np.asarray(xyz, np.float64),
-                                                poselib.Camera(pc.model.name, list(pc.params), camera.width,
-                                                               camera.height), ransac, {})
+                                                _poselib_camera(camera), ransac, {})
     inliers = np.asarray(info["inliers"], bool)
     if not inliers.any():
         return None
@@ -69,12 +70,17 @@ def estimate_pose(uv: np.ndarray, xyz: np.ndarray, camera: Camera, conf: Registr
 def refine_pose(T_camera_map: np.ndarray, uv: np.ndarray, xyz: np.ndarray, camera: Camera,
                 loss_scale_px: float = 1.0) -> np.ndarray | None:
     """T_camera_map re-fit to all the correspondences by non-linear least squares (Cauchy loss of
-    `loss_scale_px`), without RANSAC: the last step of registration, once the matches are clean."""
-    opts = pycolmap.AbsolutePoseRefinementOptions()
-    opts.loss_function_scale = loss_scale_px
-    ret = pycolmap.refine_absolute_pose(rigid3d(T_camera_map), np.asarray(uv, np.float64) + 0.5,
-                                        np.asarray(xyz, np.float64), np.ones(len(uv), bool), camera.to_pycolmap(), opts)
-    return None if ret is None else rigid_matrix(ret["cam_from_world"])
+    `loss_scale_px`), without RANSAC: the last step of registration, once the matches are clean.
+    PoseLib's Levenberg-Marquardt (1.6 ms for 1500 matches, where pycolmap's took 11)."""
+    if len(uv) < 3:
+        return None
+    pose = poselib.CameraPose()
+    pose.R, pose.t = T_camera_map[:3, :3], T_camera_map[:3, 3]
+    pose, info = poselib.refine_absolute_pose(np.asarray(uv, np.float64) + 0.5, np.asarray(xyz, np.float64), pose,
+                                              _poselib_camera(camera), {"loss_type": "CAUCHY",
+                                                                        "loss_scale": loss_scale_px})
+    T = make_T(pose.R, pose.t)
+    return T if np.isfinite(T).all() else None
 
 
 def reprojection_errors(T_camera_map: np.ndarray, uv: np.ndarray, xyz: np.ndarray, camera: Camera) -> np.ndarray:
