@@ -3,6 +3,7 @@ import numpy as np
 
 from pram_ros.core.bag import BagReader
 from pram_ros.core.evaluation import errors, evaluate
+from pram_ros.core.fine import FineConfig
 from pram_ros.core.localizer import Localizer, LocalizerConfig
 from pram_ros.core.registration import covariance
 
@@ -77,7 +78,9 @@ def test_tracking_relocalizes_after_black_frames(demo_map, demo_query_frames):
 
 
 def test_covariance_grows_as_inliers_shrink(demo_map, demo_query_frames):
-    loc = Localizer(demo_map.out, LocalizerConfig(tracking=False))
+    # the coarse pose's inliers (XFeat, about 1 px): the fine layer's are so precise on rendered
+    # images that a handful of them still leaves the covariance at its floor
+    loc = Localizer(demo_map.out, LocalizerConfig(tracking=False, fine=FineConfig(enabled=False)))
     f = demo_query_frames[45]
     res = loc.localize(f.image, f.camera)
     assert res.success
@@ -85,10 +88,10 @@ def test_covariance_grows_as_inliers_shrink(demo_map, demo_query_frames):
     assert cov.shape == (6, 6) and np.all(np.linalg.eigvalsh(cov) > 0)
     rng = np.random.default_rng(0)
     traces, floored = [], []
-    # the final re-fit leaves inliers good to about 0.5 px: only a handful of them lifts the
-    # published covariance off its floor
-    for frac in (1.0, 0.5, 0.2, 0.04):
-        sel = rng.choice(res.num_inliers, max(6, int(frac * res.num_inliers)), replace=False)
+    # only a handful of them lifts the published covariance off its floor
+    n = res.num_inliers
+    for size in (n, n // 2, n // 5, 6):
+        sel = rng.choice(n, size, replace=False)
         args = (res.T_map_camera, res.inlier_uv[sel], res.inlier_xyz[sel], f.camera)
         traces.append(np.trace(covariance(*args, floor=False)))
         floored.append(np.trace(covariance(*args)))

@@ -8,9 +8,10 @@ without a classic pipeline's search:
   found for them (no new reconstruction), points seen in at least three images kept with one
   medoid descriptor each;
 - **query**: once the coarse pose is known, SIFT keypoints of the query are matched only to the
-  fine points that project within a few pixels of them, and the pose is re-fit to those matches
-  with a tightening radius. A fit that does not hold (too few matches, bunched, or one that moves
-  the coarse inliers off their keypoints) leaves the coarse pose as it was.
+  fine points that project within a few pixels of them; the pose is fit to those matches by
+  RANSAC, as a classic pipeline's last step, then re-fit to the matches within three times the
+  keypoint noise its inliers show. A fit that does not hold (too few matches, bunched, or one
+  that moves the coarse inliers off their keypoints) leaves the coarse pose as it was.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from .visibility import PointsInView
 
 log = logging.getLogger(__name__)
 DESCRIPTOR_SCALE = 255.0  # RootSIFT components lie in [0, 1]: stored as uint8
+RAYLEIGH_MEDIAN = 1.1774  # median pixel error / per-axis sigma of 2D Gaussian noise
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,9 @@ class FineBuildConfig:
     """How the fine layer is built (the localizer extracts the same SIFT)."""
 
     enabled: bool = setting(True, "build the fine layer: full-resolution SIFT points for the final pose")
-    max_keypoints: int = setting(2048, "SIFT keypoints per map image", range=(64, 16384))  # 4096 made the
-    # demo's layer twice the size (68k points, 9.9 MB) and its fine step 20 ms slower, for the same precision
+    max_keypoints: int = setting(4096, "SIFT keypoints per map image", range=(64, 16384))  # as the classic
+    # pipeline's; 2048 halves the layer (the demo's: 36k points, 5.1 MB against 9.5) but left fox's
+    # poses about 1.2x the reference's errors against 1.0x (bench/RESULTS.md, 2026-12-03)
     min_track: int = 3  # points seen in fewer images are not kept
     sfm: SfmConfig = SfmConfig()  # its pixel thresholds apply at full resolution
 
@@ -56,11 +59,20 @@ class FineConfig:
     """How the localizer uses the fine layer."""
 
     enabled: bool = setting(True, "re-fit the final pose to full-resolution SIFT points when the map has them")
-    max_keypoints: int = setting(1024, "SIFT keypoints of the query for the fine fit", range=(64, 16384))
-    # (the strongest; SIFT's descriptors cost 10 ms per 1024 at 640 x 480 on 2 cores, its detection 33)
-    radii_px: tuple[float, ...] = (4.0,)  # search radii in the coarse detector's pixels (the coarse
-    # pose is good to about its keypoints' noise), then...
-    final_px: float = 1.5  # ...one in image pixels: SIFT's keypoints at full resolution are good to ~0.3 px
+    max_keypoints: int = setting(4096, "SIFT keypoints of the query for the fine fit", range=(64, 16384))
+    # (the strongest, as many as the classic pipeline's: on fox 1024 left the poses 1.3x the reference's
+    # errors, 4096 about 1.0x)
+    track_keypoints: int = setting(1024, "SIFT keypoints of the query for the fine fit while tracking",
+                                   range=(64, 16384))  # fewer: tracking is the frame-rate path and the
+    # last pose's inliers guide it (4096 halved its rate on the demo, bench/RESULTS.md, 2026-12-03)
+    search_px: float = 4.0  # in the coarse detector's pixels: how far from its projection under the
+    # coarse pose a fine point's keypoint may lie (the coarse pose is good to about its keypoints' noise)
+    ransac_px: float = setting(4.0, "PnP RANSAC threshold of the fine fit [image px]", range=(0.5, 50.0))
+    # PoseLib's LO-RANSAC over those matches, as in the classic pipeline: a few times real keypoint noise
+    # (fox's SIFT residuals: about 1.5 px; rendered images': 0.4), so no good match is left out. A fixed
+    # 1.5 px last pass truncated real images' noise and held the pose near its start; the last pass's
+    # threshold now follows the noise the inliers show (bench/RESULTS.md, 2026-12-03)
+    min_final_px: float = 1.0  # ...3 sigma of it, never below this
     ratio: float = 0.9  # best against second-best descriptor distance among a point's candidates
     min_similarity: float = 0.7  # RootSIFT cosine
     max_coarse_shift_px: float = 3.0  # in coarse detector pixels: the coarse inliers' median reprojection
@@ -100,7 +112,7 @@ class FineFit:
     point_ids: np.ndarray  # (M,) their fine points
     uv: np.ndarray  # (M, 2) those keypoints
     xyz: np.ndarray  # (M, 3) their fine points
-    inliers: np.ndarray  # bool (M,): within the last radius of the final pose
+    inliers: np.ndarray  # bool (M,): the RANSAC inliers of the final pose
 
 
 class FineRegistration:
@@ -120,63 +132,69 @@ class FineRegistration:
         labels = m.labels[cKDTree(m.points).query(f.points)[1]] if len(m.points) else np.zeros(len(f.points), int)
         self.in_view = PointsInView(self.points, labels, f.seen_along.astype(np.float64),
                                     PointsInView.viewing_depth(m))
-        self.extractor = SiftExtractor(FeatureConfig(**f.features | {"max_keypoints": conf.max_keypoints},
-                                                     device="cpu"))
+        self.extractors = {n: SiftExtractor(FeatureConfig(**f.features | {"max_keypoints": n}, device="cpu"))
+                           for n in {conf.max_keypoints, conf.track_keypoints}}
 
-    def extract(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The query's SIFT keypoints and RootSIFT descriptors, as the fine layer's were made."""
-        return self.extractor(image).numpy()
-
-    def radii(self, coarse_px: float, first_px: float = 0.0) -> list[float]:
-        """The search radii in image pixels: `first_px` (if any), the configured ones in coarse
-        detector pixels (`coarse_px` image pixels each), then the final one."""
-        return ([first_px] if first_px else []) + [r * coarse_px for r in self.conf.radii_px] + [self.conf.final_px]
+    def extract(self, image: np.ndarray, tracking: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The query's SIFT keypoints and RootSIFT descriptors, as the fine layer's were made
+        (`track_keypoints` of them while tracking, else `max_keypoints`)."""
+        n = self.conf.track_keypoints if tracking else self.conf.max_keypoints
+        return self.extractors[n](image).numpy()
 
     def fit(self, sift: tuple[np.ndarray, np.ndarray], camera: Camera, T_camera_map: np.ndarray,
-            radii: list[float], robust_first: bool = False,
+            coarse_px: float, first_px: float = 0.0,
             first_points: np.ndarray | None = None) -> tuple[FineFit | None, str]:
-        """(the pose fit from `T_camera_map`, "") or (None, why not). With `robust_first` (a pose
-        predicted from the last frame may be far off) the first radius is a RANSAC pass over
-        `first_points` (the last frame's inliers; default: every point in view). Then the keypoints
-        are matched once to the points in view within the next radius, and, radius by radius, the
-        pose is re-fit to the matches within it."""
+        """(the pose fit from `T_camera_map`, "") or (None, why not): the keypoints matched to the
+        points in view within `search_px` coarse detector pixels (`coarse_px` image pixels each) of
+        their projections, and the pose by RANSAC over those matches. With `first_px` (tracking: the
+        predicted pose may be far off), a RANSAC pass over `first_points` (the last frame's inliers;
+        default: every point in view) matched within `first_px` comes first."""
+        T = T_camera_map
+        if first_px:
+            first = self._ransac(sift, camera, T, first_px, first_px / 2, first_points)
+            if isinstance(first, str):
+                return None, first
+            T = first.T_camera_map
+        fit = self._ransac(sift, camera, T, self.conf.search_px * coarse_px, self.conf.ransac_px)
+        if isinstance(fit, str):
+            return None, fit
+        fit = self._tighten(fit, camera)
+        reason = check(PoseEstimate(fit.T_camera_map, fit.inliers), fit.uv, camera, self.registration)
+        return (None, f"fine fit: {reason}") if reason else (fit, "")
+
+    def _ransac(self, sift: tuple[np.ndarray, np.ndarray], camera: Camera, T: np.ndarray, radius: float,
+                thresh_px: float, points: np.ndarray | None = None) -> FineFit | str:
+        """A pose by RANSAC at `thresh_px` from the matches of `points` (default: all in view) within
+        `radius` of their projections under T, or why there is none."""
         kp, desc = sift
         need = self.registration.min_inliers
-        T = T_camera_map
-        if robust_first:
-            T, reason = self._ransac(kp, desc, camera, T, radii[0], first_points)
-            if T is None:
-                return None, reason
-            radii = radii[1:]
-        cand = self.in_view(T, camera)
-        if len(kp) < need or len(cand) < need:
-            return None, f"{len(kp)} SIFT keypoints, {len(cand)} fine points in view"
-        q, p = self._match(kp, desc, cand, T, camera, radii[0])
-        uv, xyz = kp[q], self.points[p]
-        for radius in radii:
-            near = reprojection_errors(T, uv, xyz, camera) < radius
-            if near.sum() < need:
-                return None, f"{near.sum()} fine matches within {radius:.1f} px"
-            T_new = refine_pose(T, uv[near], xyz[near], camera, loss_scale_px=radius / 2)
-            if T_new is None:
-                return None, "fine refinement failed"
-            T = T_new
-        near = reprojection_errors(T, uv, xyz, camera) < radii[-1]
-        reason = check(PoseEstimate(T, near), uv, camera, self.registration)
-        return (None, f"fine fit: {reason}") if reason else (FineFit(T, q, p, uv, xyz, near), "")
-
-    def _ransac(self, kp: np.ndarray, desc: np.ndarray, camera: Camera, T: np.ndarray, radius: float,
-                points: np.ndarray | None) -> tuple[np.ndarray | None, str]:
-        """A pose by RANSAC from the matches of `points` (default: all in view) within `radius` of T."""
         cand = self.in_view(T, camera) if points is None else points
+        if len(kp) < need or len(cand) < need:
+            return f"{len(kp)} SIFT keypoints, {len(cand)} fine points in view"
         q, p = self._match(kp, desc, cand, T, camera, radius)
-        need = self.registration.min_inliers
         if len(q) < need:
-            return None, f"{len(q)} fine matches within {radius:.1f} px"
-        est = estimate_pose(kp[q], self.points[p], camera, replace(self.registration, ransac_thresh_px=radius / 2))
+            return f"{len(q)} fine matches within {radius:.1f} px"
+        uv, xyz = kp[q], self.points[p]
+        est = estimate_pose(uv, xyz, camera, replace(self.registration, ransac_thresh_px=thresh_px))
         if est is None or est.num_inliers < need:
-            return None, f"fine RANSAC: {0 if est is None else est.num_inliers} inliers < {need}"
-        return est.T_camera_map, ""
+            return f"fine RANSAC: {0 if est is None else est.num_inliers} inliers < {need}"
+        return FineFit(est.T_camera_map, q, p, uv, xyz, est.inliers)
+
+    def _tighten(self, fit: FineFit, camera: Camera) -> FineFit:
+        """The RANSAC pose re-fit to the matches within 3 sigma of it, sigma the keypoints' own noise
+        as the inliers' residuals show it (their median / 1.18, a 2D Gaussian's), so the last pass
+        is as tight as these images allow: rendered images' SIFT is good to 0.4 px, photographs'
+        to 1-1.5; RANSAC's threshold has to allow for the worst."""
+        err = reprojection_errors(fit.T_camera_map, fit.uv, fit.xyz, camera)
+        sigma = float(np.median(err[fit.inliers])) / RAYLEIGH_MEDIAN
+        thresh = float(np.clip(3 * sigma, self.conf.min_final_px, self.conf.ransac_px))
+        near = err < thresh
+        if near.sum() < self.registration.min_inliers:
+            return fit
+        T = refine_pose(fit.T_camera_map, fit.uv[near], fit.xyz[near], camera, loss_scale_px=thresh / 2)
+        if T is None:
+            return fit
+        return replace(fit, T_camera_map=T, inliers=reprojection_errors(T, fit.uv, fit.xyz, camera) < thresh)
 
     def _match(self, kp: np.ndarray, desc: np.ndarray, cand: np.ndarray, T: np.ndarray, camera: Camera,
                radius: float) -> tuple[np.ndarray, np.ndarray]:

@@ -200,7 +200,7 @@ class Localizer:
         start, radius = self._track_start(track, T_odom_camera)
         if start is not None and self.fine is not None:  # SIFT alone while the fine track holds
             with self._timer(times, "tracking"):
-                sift = self.fine.extract(image)
+                sift = self.fine.extract(image, tracking=True)
                 res = self._fine_track(sift, camera, start, radius)
         if res is None or not res.success:
             with self._timer(times, "features"):
@@ -408,7 +408,7 @@ class Localizer:
         """The coarse pose re-fit to the fine layer when that fit holds and keeps the coarse inliers on
         their keypoints (a fit to the wrong points moves them all); else it stays as it is."""
         px = self.feature_conf.pixels_per_detector_pixel(*feats.image_size)
-        fit, res.fine_reason = self.fine.fit(sift, camera, res.T_camera_map, self.fine.radii(px))
+        fit, res.fine_reason = self.fine.fit(sift, camera, res.T_camera_map, px)
         if fit is not None:
             shift = float(np.median(reprojection_errors(fit.T_camera_map, res.inlier_uv, res.inlier_xyz, camera))) / px
             if shift > self.conf.fine.max_coarse_shift_px:
@@ -419,9 +419,10 @@ class Localizer:
     def _fine_track(self, sift: tuple[np.ndarray, np.ndarray], camera: Camera, T_camera_map: np.ndarray,
                     radius: float) -> LocalizationResult:
         """Tracking on the fine layer alone: the query's SIFT keypoints matched near the fine points'
-        projections from the predicted pose, RANSAC at the first radius, then the fine passes."""
+        projections from the predicted pose (`radius` detector px; the last frame's inliers first),
+        then every point in view near the pose that gives."""
         px = self.feature_conf.pixels_per_detector_pixel(camera.width, camera.height)
-        fit, reason = self.fine.fit(sift, camera, T_camera_map, self.fine.radii(px, radius * px), robust_first=True,
+        fit, reason = self.fine.fit(sift, camera, T_camera_map, px, first_px=radius * px,
                                     first_points=self.last_fine_points)
         kp = sift[0]
         res = LocalizationResult(False, "tracking", reason, num_keypoints=len(kp), keypoints=kp, fine_reason=reason)
