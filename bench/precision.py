@@ -7,8 +7,9 @@ map image, one PnP (`--method exhaustive --features sift --resize-max 0`, no fin
 default settings (XFeat at 640 px, recognition, landmark-wise PnP, refinement, the fine layer's
 re-fit), and without its fine layer (the coarse pose), to show what the fine layer gives. Both localize each
 query from scratch (no tracking). Prints, per place and method: median translation and rotation
-error, recall at (5 cm, 5 deg) and (25 cm, 2 deg), and the ratio of PRAM's median errors to the
-reference's (the goal: <= 1.1x). fox's scale is arbitrary (COLMAP units), so its translation
+error, recall at (5 cm, 5 deg) and (25 cm, 2 deg), the time per frame, and the ratio of PRAM's
+median errors to the reference's (the goal: <= 1.1x). `--matchers lighterglue imp` adds PRAM's
+rows with those registration matchers (`imp` needs `--matcher-path`), beside the default `nn`. fox's scale is arbitrary (COLMAP units), so its translation
 errors are also given relative to the scene's size, and its 5 cm recall is in those units.
 """
 from __future__ import annotations
@@ -56,10 +57,19 @@ def main() -> None:
     ap.add_argument("--fox", type=Path, default=Path("../shared/data/fox"))
     ap.add_argument("--out", type=Path, default=Path("data/precision"))
     ap.add_argument("--stride", type=int, default=1, help="every n-th query image (the reference takes seconds each)")
+    ap.add_argument("--places", nargs="+", default=["demo", "fox"], choices=["demo", "fox"])
+    ap.add_argument("--matchers", nargs="*", default=[], choices=["lighterglue", "imp"],
+                    help="also run PRAM with these registration matchers")
+    ap.add_argument("--matcher-path", default="", help="matcher.pt for --matchers imp (pram-ros train-matcher)")
     a = ap.parse_args()
+    runs = {name: (*spec, "nn") for name, spec in METHODS.items()}
+    for matcher in a.matchers:
+        runs |= {f"{name}, matcher {matcher}": (*spec, matcher) for name, spec in METHODS.items() if spec[1] == "pram"}
     rows = []
     for place, (map_bag, query_bag) in places(a.data, a.fox).items():
-        for name, (features, method, fine) in METHODS.items():
+        if place not in a.places:
+            continue
+        for name, (features, method, fine, matcher) in runs.items():
             map_dir = a.out / f"{place}_{features.name}_{features.resize_max}.pram"  # coarse only: the same map
             if place == "demo" and features == FeatureConfig() and (a.data / "demo_map.pram" / "fine.npz").exists():
                 map_dir = a.data / "demo_map.pram"  # `make demo`'s map: the same default settings
@@ -69,10 +79,10 @@ def main() -> None:
                           progress=False)
             built = time.monotonic() - t0
             loc = Localizer(map_dir, LocalizerConfig(method=method, device="cpu", tracking=False,
-                                                     fine=FineConfig(enabled=fine)))
-            rep = evaluate(loc, query_bag, a.out / f"{place}_{method}_{features.name}{'_fine' if fine else ''}",
-                           progress=False,
-                           stride=a.stride)
+                                                     fine=FineConfig(enabled=fine), matcher=matcher,
+                                                     matcher_path=a.matcher_path if matcher == "imp" else ""))
+            tag = f"{place}_{method}_{features.name}{'_fine' if fine else ''}_{matcher}"
+            rep = evaluate(loc, query_bag, a.out / tag, progress=False, stride=a.stride)
             rows.append(dict(place=place, method=name, frames=rep["num_frames"],
                              t=rep["median_translation_m"], r=rep["median_rotation_deg"],
                              t_rel=rep["median_translation_relative"], r5=rep["recall"]["0.05m_5deg"],
@@ -81,15 +91,15 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
             rows[-1]["errors"] = {f["index"]: (f["translation_error_m"], f["rotation_error_deg"])
                                   for f in rep["frames"] if f["localized"]}
-    print(f"\n{'place':6} {'method':40} {'frames':>6} {'med t':>9} {'med t/scene':>11} {'med r deg':>9} "
+    print(f"\n{'place':6} {'method':56} {'frames':>6} {'med t':>9} {'med t/scene':>11} {'med r deg':>9} "
           f"{'5cm,5deg':>8} {'25cm,2deg':>9} {'ms':>6}")
     for x in rows:
         def f(v, p):
             return "-" if v is None else f"{v:.{p}f}"
-        print(f"{x['place']:6} {x['method']:40} {x['frames']:6d} {f(x['t'], 4):>9} {f(x['t_rel'], 4):>11} "
+        print(f"{x['place']:6} {x['method']:56} {x['frames']:6d} {f(x['t'], 4):>9} {f(x['t_rel'], 4):>11} "
               f"{f(x['r'], 3):>9} {x['r5']:8.1%} {x['r25']:9.1%} {f(x['ms'], 0):>6}")
     for place in sorted({x["place"] for x in rows}):
-        p, _, ref = [x for x in rows if x["place"] == place]
+        p, _, ref = [x for x in rows if x["place"] == place][:3]
         if p["t"] and ref["t"]:
             print(f"{place}: PRAM / reference median error: translation {p['t'] / ref['t']:.2f}x, "
                   f"rotation {p['r'] / ref['r']:.2f}x (goal <= 1.1x)")

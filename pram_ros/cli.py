@@ -23,7 +23,7 @@ def evaluate_settings() -> dict:
     """The localizer settings `evaluate` takes as options."""
     loc = specs(LocalizerConfig)
     return {"method": loc["method"], "device": loc["device"], "fine": specs(FineConfig)["enabled"].renamed("fine"),
-            **specs(RegistrationConfig)}
+            "matcher": loc["matcher"], "matcher_path": loc["matcher_path"], **specs(RegistrationConfig)}
 
 
 def _topic_args(p: argparse.ArgumentParser) -> None:
@@ -114,7 +114,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     _quiet_colmap()
     v = options(a, evaluate_settings())
     loc = Localizer(a.map_dir, LocalizerConfig(method=v["method"], device=v["device"], tracking=a.tracking,
-                                               fine=FineConfig(enabled=v["fine"]),
+                                               fine=FineConfig(enabled=v["fine"]), matcher=v["matcher"],
+                                               matcher_path=v["matcher_path"],
                                                registration=RegistrationConfig(v["ransac_thresh_px"],
                                                                                v["min_inliers"])))
     report = evaluate(loc, a.query_bag, a.out, tracking=a.tracking, topics=_topics(a))

@@ -30,15 +30,18 @@ from .fine import FineConfig, FineFit, FineRegistration
 from .geometry import invert
 from .map import MapError, PramMap, has_baseline, load_baseline, load_map, read_manifest
 from .recognition import Recognizer, RecognizerConfig, normalize_keypoints
+from .matching import (KeypointSet, MatchConfig, PairMatcher, learned_pair_matcher, lighterglue_pair_matcher,
+                       mutual_nn)
+from .params import DEVICE_PATTERN, setting, validate
 from .registration import (PoseEstimate, RegistrationConfig, check, covariance, estimate_pose, refine_pose,
                            reprojection_errors)
-from .matching import MatchConfig, mutual_nn
-from .params import DEVICE_PATTERN, setting, validate
+from .two_view import projection_guide
 from .visibility import PointsInView
 
 log = logging.getLogger(__name__)
 CUDA_ERRORS = (torch.cuda.OutOfMemoryError, torch.AcceleratorError)
 METHODS = ("pram", "exhaustive", "auto")
+MATCHERS = ("nn", "lighterglue", "imp")
 AUTO_EXHAUSTIVE_MAX_IMAGES = 10  # `auto` matches exhaustively against maps this small. bench/map_size.py:
 # matching a query against one map image costs about 4 ms on 2 CPU cores, PRAM's recognition,
 # registration and refinement 40-70 ms together, whatever the map's size
@@ -52,6 +55,11 @@ class LocalizerConfig:
     device: str = setting("auto", "auto | cpu | cuda | cuda:N", pattern=DEVICE_PATTERN)
     half: bool = setting(False, "fp16 autocast for the networks on CUDA (no effect on the CPU)")
     match: MatchConfig = MatchConfig(ratio=0.9, min_similarity=0.5)
+    matcher: str = setting("nn", "landmark-wise registration's matcher: nn (mutual nearest neighbours to the "
+                           "landmarks' points) | lighterglue (XFeat's, against each landmark's first VRF) | imp "
+                           "(pram-ros train-matcher's, iterative, against the first VRF; needs matcher_path)",
+                           choices=MATCHERS)
+    matcher_path: str = setting("", "matcher: imp: the matcher.pt that pram-ros train-matcher wrote")
     registration: RegistrationConfig = RegistrationConfig()
     recognition_keypoints: int = setting(768, "the recognizer sees the strongest this many keypoints (0: all)",
                                          range=(16, 16384), zero_off=True)
@@ -74,6 +82,8 @@ class LocalizerConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.matcher == "imp" and not self.matcher_path:
+            raise ValueError("matcher=imp needs matcher_path: the matcher.pt that pram-ros train-matcher wrote")
 
 
 @dataclass
@@ -133,6 +143,8 @@ class Localizer:
         self.vrfs_of = [np.flatnonzero(m.vrf_landmark == lm) for lm in range(k + 1)]
         self.landmark_points = [np.unique(np.concatenate([m.vrf_point_ids(v) for v in vs])) if len(vs) else
                                 np.zeros(0, np.int64) for vs in self.vrfs_of]
+        self.first_vrfs = [self._vrf_keypoints(vs[0]) if len(vs) and conf.matcher != "nn" else None
+                           for vs in self.vrfs_of]
         self.last_T_camera_map: np.ndarray | None = None
         self.last_T_odom_camera: np.ndarray | None = None  # odometry at the last pose, to predict the next
         self.last_fine_points: np.ndarray | None = None  # the fine points the last pose was fit to
@@ -148,8 +160,68 @@ class Localizer:
         self.recognizer = Recognizer(RecognizerConfig(**m.recognizer_config)).to(self.device).eval()
         self.recognizer.load_state_dict(m.recognizer_state)
         self.point_desc = torch.from_numpy(m.descriptors.astype(np.float32)).to(self.device)
+        self.pair_matcher = self._pair_matcher()
         if m.baseline is not None:
             self.base_desc = torch.from_numpy(m.baseline.descriptors.astype(np.float32)).to(self.device)
+
+    def _pair_matcher(self) -> PairMatcher | None:
+        """The learned matcher of registration (None: mutual nearest neighbours)."""
+        if self.conf.matcher == "lighterglue":
+            return lighterglue_pair_matcher()
+        if self.conf.matcher == "imp":
+            from .matcher_training import load_matcher
+
+            path = Path(self.conf.matcher_path)
+            if not path.is_file():
+                raise FileNotFoundError(f"matcher_path {path}: no such file (pram-ros train-matcher writes "
+                                        "matcher.pt)")
+            return learned_pair_matcher(load_matcher(path, self.device), iterative=True)
+        return None
+
+    def _vrf_keypoints(self, v: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """A VRF as a learned matcher sees it: its points (ids) and their projections into its image
+        (the reference's "VRF keypoints"; those that fall outside it are left out), with that
+        image's size."""
+        m = self.map
+        pts = m.vrf_point_ids(v)
+        cam = m.cameras[m.frame_camera[m.vrf_frame[v]]]
+        T = invert(m.frame_T[m.vrf_frame[v]])
+        uv, front = cam.project(self.points[pts] @ T[:3, :3].T + T[:3, 3])
+        with np.errstate(invalid="ignore"):  # behind the camera: NaN
+            ok = front & (uv >= 0).all(1) & (uv <= [cam.width - 1, cam.height - 1]).all(1)
+        return pts[ok], uv[ok], (cam.width, cam.height)
+
+    def _voters(self, keep: np.ndarray, top2: np.ndarray, landmarks: list[int]) -> np.ndarray:
+        """The kept keypoints whose first or second choice is one of `landmarks`; all kept ones when
+        fewer than `min_labelled` are."""
+        sel = keep[np.isin(top2[keep], landmarks).any(1)]
+        return sel if len(sel) >= self.conf.min_labelled else keep
+
+    def _match_landmarks(self, feats: Features, kp: np.ndarray, keep: np.ndarray, top2: np.ndarray,
+                         group: list[int], camera: Camera) -> tuple[np.ndarray, np.ndarray]:
+        """(query keypoints, map points) matched for a group of landmarks: the keypoints voting for
+        any of them matched by mutual nearest neighbours to all their points, or those voting for
+        each one matched by the learned matcher to its first VRF, as the reference does (one point
+        per keypoint: the first landmark's in rank order)."""
+        if self.pair_matcher is None:
+            sel = self._voters(keep, top2, group)
+            pts = np.concatenate([self.landmark_points[lm] for lm in group])
+            m = mutual_nn(feats.descriptors[sel], self.point_desc[pts], self.conf.match).cpu().numpy()
+            return sel[m[:, 0]], pts[m[:, 1]]
+        qs, ps = [], []
+        for lm in group:
+            if self.first_vrfs[lm] is None:
+                continue
+            sel = self._voters(keep, top2, [lm])
+            pts, uv, size = self.first_vrfs[lm]
+            guide = projection_guide(kp[sel], self.points[pts], camera, self.conf.registration)
+            m = self.pair_matcher(KeypointSet(kp[sel], feats.descriptors[sel], (camera.width, camera.height)),
+                                  KeypointSet(uv, self.point_desc[pts], size), guide)
+            qs.append(sel[m[:, 0]])
+            ps.append(pts[m[:, 1]])
+        q, p = (np.concatenate(x) if x else np.zeros(0, np.int64) for x in (qs, ps))
+        _, first = np.unique(q, return_index=True)
+        return q[np.sort(first)], p[np.sort(first)]
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -320,12 +392,7 @@ class Localizer:
             group = res.landmarks[k:k + g]
             res.tried.extend(group)
             with self._timer(times, "registration"):
-                sel = keep[np.isin(top2[keep], group).any(1)]
-                if len(sel) < self.conf.min_labelled:
-                    sel = keep
-                pts = np.concatenate([self.landmark_points[lm] for lm in group])
-                m = mutual_nn(feats.descriptors[sel], self.point_desc[pts], self.conf.match).cpu().numpy()
-                q, p = sel[m[:, 0]], pts[m[:, 1]]
+                q, p = self._match_landmarks(feats, kp, keep, top2, group, camera)
                 est = estimate_pose(kp[q], self.points[p], camera, self.conf.registration) if len(q) >= 6 else None
                 reason = check(est, kp[q], camera, self.conf.registration, final=False) if est else \
                     f"{len(q)} matches, no pose"

