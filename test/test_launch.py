@@ -193,7 +193,8 @@ def test_localize_launch_under_a_namespace(workspace, small_map, small_bag, doma
             peer.info.publish(camera_info_msg(f.camera, stamp, f.camera_frame))
             peer.image.publish(image_to_msg(f.image, "bgr8", stamp, f.camera_frame))
             assert peer.spin(lambda: peer.answered(stamp), 20, tick_clock=False), log()
-        assert peer.spin(lambda: peer.poses and any(c == "odom" for _, c in peer.map_tf), 20), log()
+        assert peer.spin(lambda: peer.poses and any(c == "odom" for _, c in peer.map_tf), 20), \
+            (log(), len(peer.poses), [(kv.key, kv.value) for kv in peer.diags[-1].values] if peer.diags else None)
         assert peer.poses[-1].header.frame_id == "map"
         # a runtime parameter, set as a user does, with its effect: no more map -> odom re-sends
         assert peer.spin(lambda: len([t for t, _ in peer.map_tf if t > time.monotonic() - 1.0]) > 5, 5)
