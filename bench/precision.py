@@ -9,8 +9,9 @@ re-fit), and without its fine layer (the coarse pose), to show what the fine lay
 query from scratch (no tracking). Prints, per place and method: median translation and rotation
 error, recall at (5 cm, 5 deg) and (25 cm, 2 deg), the time per frame, and the ratio of PRAM's
 median errors to the reference's (the goal: <= 1.1x). `--matchers lighterglue imp` adds PRAM's
-rows with those registration matchers (`imp` needs `--matcher-path`), beside the default `nn`. fox's scale is arbitrary (COLMAP units), so its translation
-errors are also given relative to the scene's size, and its 5 cm recall is in those units.
+rows with those registration matchers (`imp` needs `--matcher-path`), beside the default `nn`.
+fox's scale is arbitrary (COLMAP units), so its translation errors are also given relative to
+the scene's size, and its 5 cm recall is in those units.
 """
 from __future__ import annotations
 

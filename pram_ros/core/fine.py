@@ -112,7 +112,7 @@ class FineFit:
     point_ids: np.ndarray  # (M,) their fine points
     uv: np.ndarray  # (M, 2) those keypoints
     xyz: np.ndarray  # (M, 3) their fine points
-    inliers: np.ndarray  # bool (M,): the RANSAC inliers of the final pose
+    inliers: np.ndarray  # bool (M,): the matches the final pose was fit to (RANSAC's, or the last pass's)
 
 
 class FineRegistration:

@@ -29,10 +29,10 @@ from .features import FeatureConfig, Features, make_extractor
 from .fine import FineConfig, FineFit, FineRegistration
 from .geometry import invert
 from .map import MapError, PramMap, has_baseline, load_baseline, load_map, read_manifest
-from .recognition import Recognizer, RecognizerConfig, normalize_keypoints
 from .matching import (KeypointSet, MatchConfig, PairMatcher, learned_pair_matcher, lighterglue_pair_matcher,
                        mutual_nn)
 from .params import DEVICE_PATTERN, setting, validate
+from .recognition import Recognizer, RecognizerConfig, normalize_keypoints
 from .registration import (PoseEstimate, RegistrationConfig, check, covariance, estimate_pose, refine_pose,
                            reprojection_errors)
 from .two_view import projection_guide

@@ -43,7 +43,6 @@ def mutual_nn(d0: torch.Tensor, d1: torch.Tensor, conf: MatchConfig = MatchConfi
     return torch.stack([i0[ok], idx01[ok, 0]], 1)
 
 
-
 @dataclass(frozen=True)
 class KeypointSet:
     """One side of a pair: keypoints (N, 2) in pixels, unit descriptors (N, D), the image's (w, h)."""
