@@ -3,6 +3,7 @@ error, a far-off /initialpose, and a map reload that fails."""
 from __future__ import annotations
 
 import shutil
+import threading
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ from rclpy.parameter import Parameter
 from pram_ros.core.evaluation import errors
 from pram_ros.core.geometry import invert, make_T
 
-from harness import node_fixtures, process
+from harness import camera_info_msg, node_fixtures, process
 
 
 frames, h = node_fixtures(40)
@@ -32,6 +33,13 @@ def test_camera_info_late_then_stopping(h, frames):
     for f in frames[2:6]:  # camera info stops: the last one keeps being used
         process(h, f, camera_info=False)
     assert h.node.stats.localized == 5 and status(h).level == DiagnosticStatus.OK
+
+
+def test_the_first_image_waits_briefly_for_the_first_camera_info(h, frames):
+    """A camera_info sent with the image but taken a moment after it still serves that image."""
+    threading.Timer(0.05, h.node._on_camera_info, [camera_info_msg(frames[0])]).start()
+    process(h, frames[0], camera_info=False)
+    assert h.node.stats.processed == 1 and h.node.stats.localized == 1
 
 
 def test_odometry_stopping_stops_map_odom_and_says_so(h, frames):

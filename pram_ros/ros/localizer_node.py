@@ -41,6 +41,7 @@ TF_STATIC = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL, r
 MAP_ERRORS = (MapError, ValueError, OSError, RuntimeError)  # what loading a map can raise
 RELOAD = ("map_path", "device", "fp16")  # parameters that need the map and networks loaded again
 BOND_TIMEOUT_S = 4.0  # Nav2's lifecycle manager default (bond_timeout)
+CAMERA_INFO_WAIT_S = 0.5  # how long the first image waits for the first camera_info
 
 @dataclass
 class Stats:
@@ -466,7 +467,7 @@ class LocalizerNode(LifecycleNode):
         except ImageError as exc:
             self._error(f"image rejected: {exc}")
             return False
-        camera = self.camera
+        camera = self._camera_within(CAMERA_INFO_WAIT_S)
         if camera is None:
             self._error("no camera_info received yet: waiting", level=DiagnosticStatus.WARN)
             return False
@@ -514,6 +515,14 @@ class LocalizerNode(LifecycleNode):
         if self.p("publish_tf"):
             self._set_map_tf(T_map_base, T_odom_base, base, stamp)
         return True
+
+    def _camera_within(self, wait_s: float) -> Camera | None:
+        """The camera, waiting briefly for a first camera_info: a driver sends it with each image,
+        on its own topic, so the very first image can arrive a moment before it."""
+        deadline = time.monotonic() + wait_s
+        while self.camera is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.camera
 
     def _stamp_ok(self, stamp: int, loc: Localizer) -> bool:
         """Drop duplicate, slightly out-of-order and far-future stamps; a jump back of more than

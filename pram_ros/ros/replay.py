@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +140,9 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
         def is_answered(stamp: int) -> bool:
             return stamp in poses or answered[0] >= stamp
 
-        def wait_for_answer(stamp: int) -> None:
+        def wait_until(done: Callable[[], bool], stamp: int) -> None:
             deadline = time.monotonic() + answer_timeout
-            while not is_answered(stamp):
+            while not done():
                 if proc.poll() is not None:
                     raise RuntimeError(f"localizer exited with {proc.returncode}; see {log_path}")
                 if time.monotonic() > deadline:
@@ -149,30 +150,38 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
                                        f"{answer_timeout:.0f} s; see {log_path}")
                 ex.spin_once(timeout_sec=0.01)
 
-        def missed_extrinsic(stamp: int) -> bool:
-            """The node answered `stamp` still waiting for the camera extrinsic, though it was sent."""
+        def answer_count() -> int:
+            return int(_values(diags).get("frames_answered", 0))
+
+        def lockstep_answer(stamp: int, image: Any) -> None:
+            """Wait for the node's answer to `image`. When it answered still waiting for an input
+            sent before the image (camera_info, a separate topic taken in any order, or a latched
+            static transform, once never delivered over Fast DDS in the suite), send those again,
+            then the image, and wait for its new answer."""
+            wait_until(lambda: is_answered(stamp), stamp)
             v = _values(diags)
-            return stamp not in poses and int(v.get("answered_stamp_ns", 0)) == stamp and \
-                "extrinsic" in v.get("last_error", "") and bool(statics)
+            if stamp in poses or int(v.get("answered_stamp_ns", 0)) != stamp or \
+                    not v.get("last_error", "").endswith(": waiting"):
+                return
+            n = answer_count()
+            for st in statics:
+                pubs[topics.tf_static].publish(st)
+            if latest_info is not None:
+                pubs[topics.camera_info].publish(latest_info)
+            ex.spin_once(timeout_sec=0.2)
+            pubs[image_topic].publish(image)
+            wait_until(lambda: stamp in poses or answer_count() > n, stamp)
 
         statics: list[Any] = []
+        latest_info = None  # the last camera_info sent
         start = time.monotonic()
         n_images = 0
         last_image: int | None = None
-        last_msg = None  # the last image message, to send again when its extrinsic was missed
-        for k, (topic, msgtype, t, raw) in enumerate(messages):
+        last_msg = None  # the last image message
+        for topic, msgtype, t, raw in messages:
             if lockstep:
                 if topic == image_topic and last_image is not None:
-                    wait_for_answer(last_image)
-                    if missed_extrinsic(last_image):
-                        # A latched static transform once never reached the node over Fast DDS (seen in
-                        # lockstep replays run inside the test suite; cause unknown): send the static
-                        # transforms again, then that image.
-                        for st in statics:
-                            pubs[topics.tf_static].publish(st)
-                        ex.spin_once(timeout_sec=0.2)
-                        pubs[image_topic].publish(last_msg)
-                        wait_for_answer(last_image)
+                    lockstep_answer(last_image, last_msg)
             else:
                 while (wait := start + (t - t0) * 1e-9 / rate - time.monotonic()) > 0:
                     ex.spin_once(timeout_sec=min(wait, 0.01))
@@ -181,6 +190,8 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
             pubs[topic].publish(msg)
             if topic == topics.tf_static:
                 statics.append(msg)
+            elif topic == topics.camera_info:
+                latest_info = msg
             if topic == image_topic:
                 last_image, last_msg = time_to_ns(msg.header.stamp), msg
                 published_at[last_image] = time.monotonic()
@@ -190,7 +201,7 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
             ex.spin_once(timeout_sec=0)
         # Let the node finish the last frame (at most one more processing time when real time)...
         if lockstep and last_image is not None:
-            wait_for_answer(last_image)
+            lockstep_answer(last_image, last_msg)
         end = time.monotonic() + 10.0
         while time.monotonic() < end and last_image is not None and not is_answered(last_image):
             ex.spin_once(timeout_sec=0.05)
