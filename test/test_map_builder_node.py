@@ -26,7 +26,8 @@ def test_builds_from_bag_parameter(ros, fox_bags, tmp_path):
     ctx, ex = ros
     node = MapBuilderNode(context=ctx, parameter_overrides=[
         Parameter("bag_path", value=str(fox_bags["map"])), Parameter("out", value=str(tmp_path / "map")),
-        Parameter("steps", value=30)])
+        Parameter("steps", value=30),
+        Parameter("fine", value=False)])  # the fine layer: what the build tests check, not the node
     peer = rclpy.create_node("peer", context=ctx)
     diags = []
     peer.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
@@ -46,7 +47,8 @@ def test_records_live_and_builds_on_service_call(ros, fox_bags, tmp_path):
     ctx, ex = ros
     node = MapBuilderNode(context=ctx, parameter_overrides=[
         Parameter("out", value=str(tmp_path / "live_map")), Parameter("record_dir", value=str(tmp_path)),
-        Parameter("image_transport", value="compressed"), Parameter("steps", value=30)])
+        Parameter("image_transport", value="compressed"), Parameter("steps", value=30),
+        Parameter("fine", value=False)])  # the fine layer: what the build tests check, not the node
     peer = rclpy.create_node("camera", context=ctx)
     ex.add_node(node)
     ex.add_node(peer)

@@ -9,6 +9,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from pram_ros.core.bag import BagReader, BagWriter
 from pram_ros.core.build import BuildConfig, build_map, select_keyframes
 from pram_ros.core.evaluation import errors, evaluate
+from pram_ros.core.fine import FineBuildConfig
 from pram_ros.core.geometry import pose_from_T
 from pram_ros.core.localizer import Localizer, LocalizerConfig
 from pram_ros.core.map import load_map, save_map
@@ -77,8 +78,9 @@ def test_map_from_a_slam_run_is_in_its_frame_and_localizes(demo_full, tmp_path):
     bag = tmp_path / "slam"
     write_slam_run(demo_full["map"], bag, sigma_xy_m=SLAM_SIGMA_M, sigma_yaw_deg=SLAM_SIGMA_DEG,
                    start_delay_s=SLAM_DELAY_S)
-    # fewer training steps than the default (tracking carries the query run), so the suite stays short
-    conf = BuildConfig(train=TrainConfig(steps=300, max_minutes=0))
+    # fewer training steps than the default (tracking carries the query run) and no fine layer (a
+    # final-pose refinement, not what this checks), so the suite stays short
+    conf = BuildConfig(train=TrainConfig(steps=150, max_minutes=0), fine=FineBuildConfig(enabled=False))
     summary = build_map(bag, tmp_path / "slam.pram", conf, progress=False)
     print(f"\n{summary.table()}")
     assert summary.pose_source == "tf" and summary.frame == "map" and summary.metric
