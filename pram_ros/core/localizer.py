@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -139,6 +140,7 @@ class Localizer:
         self.points = m.points.astype(np.float64)
         self.in_view = PointsInView.of_map(m)
         self.fine = FineRegistration(m, conf.fine, conf.registration) if conf.fine.enabled and m.fine is not None else None
+        self._sift_thread = ThreadPoolExecutor(1, thread_name_prefix="pram-sift")
         k = m.num_landmarks
         self.vrfs_of = [np.flatnonzero(m.vrf_landmark == lm) for lm in range(k + 1)]
         self.landmark_points = [np.unique(np.concatenate([m.vrf_point_ids(v) for v in vs])) if len(vs) else
@@ -275,21 +277,29 @@ class Localizer:
                 sift = self.fine.extract(image, tracking=True)
                 res = self._fine_track(sift, camera, start, radius)
         if res is None or not res.success:
-            with self._timer(times, "features"):
-                feats = self.extractor(image)
-            kp, _ = feats.numpy()
-            if start is not None:
-                with self._timer(times, "tracking"):
-                    res = self._refine(feats, kp, camera, start, "tracking", (radius,))
-            if res is None or not res.success:
-                res = self._exhaustive(feats, kp, camera, times) if self.method == "exhaustive" else \
-                    self._recognize_and_register(feats, kp, camera, times)
-            res.num_keypoints = len(kp)
-            res.keypoints = kp
-            if res.success and self.fine is not None:
-                with self._timer(times, "fine"):
-                    sift = sift if sift is not None else self.fine.extract(image)
-                    self._fine(res, sift, camera, feats)
+            # The query's SIFT for the fine fit, on its own thread while the coarse pose is found (OpenCV
+            # runs without the GIL): waited for even when no pose comes, so that frames never pile up.
+            pending = self._sift_thread.submit(self.fine.extract, image) \
+                if self.fine is not None and sift is None else None
+            try:
+                with self._timer(times, "features"):
+                    feats = self.extractor(image)
+                kp, _ = feats.numpy()
+                if start is not None:
+                    with self._timer(times, "tracking"):
+                        res = self._refine(feats, kp, camera, start, "tracking", (radius,))
+                if res is None or not res.success:
+                    res = self._exhaustive(feats, kp, camera, times) if self.method == "exhaustive" else \
+                        self._recognize_and_register(feats, kp, camera, times)
+                res.num_keypoints = len(kp)
+                res.keypoints = kp
+                if res.success and self.fine is not None:
+                    with self._timer(times, "fine"):
+                        sift = sift if sift is not None else pending.result()
+                        self._fine(res, sift, camera, feats)
+            finally:
+                if pending is not None:
+                    pending.result()
         self.prior_T_map_camera = self.prior_position_cov = None  # a prior is used for one frame: a wrong
         # one cannot hold the node
         if res.success:
