@@ -278,9 +278,11 @@ class Localizer:
                 res = self._fine_track(sift, camera, start, radius)
         if res is None or not res.success:
             # The query's SIFT for the fine fit, on its own thread while the coarse pose is found (OpenCV
-            # runs without the GIL): waited for even when no pose comes, so that frames never pile up.
-            pending = self._sift_thread.submit(self.fine.extract, image) \
-                if self.fine is not None and sift is None else None
+            # runs without the GIL), when the last frame got a pose: this one likely will too. It is
+            # waited for even when no pose comes, so that frames never pile up; after a failure, SIFT
+            # waits for a coarse pose instead (a lost camera would pay for SIFT on every frame).
+            overlap = self.fine is not None and sift is None and self.last_T_camera_map is not None
+            pending = self._sift_thread.submit(self.fine.extract, image) if overlap else None
             try:
                 with self._timer(times, "features"):
                     feats = self.extractor(image)
@@ -295,7 +297,8 @@ class Localizer:
                 res.keypoints = kp
                 if res.success and self.fine is not None:
                     with self._timer(times, "fine"):
-                        sift = sift if sift is not None else pending.result()
+                        if sift is None:
+                            sift = pending.result() if pending is not None else self.fine.extract(image)
                         self._fine(res, sift, camera, feats)
             finally:
                 if pending is not None:
