@@ -161,3 +161,10 @@ def test_points_in_view_equal_a_projection_of_the_whole_map(small_map):
             assert np.dot(P[i] - centre, np.sum(rays, 0)) < 0  # seen only from the other side
             left_out += 1
     assert left_out > 0
+
+
+def test_camera_contains_is_the_image_grown_by_the_margin():
+    cam = Camera(640, 480, 500.0, 500.0, 320.0, 240.0)
+    uv = np.array([[0, 0], [639.9, 479.9], [640, 10], [10, 480], [-0.1, 10], [np.nan, 10], [-2, 481]])
+    assert cam.contains(uv).tolist() == [True, True, False, False, False, False, False]
+    assert cam.contains(uv, margin=2.0).tolist() == [True, True, True, True, True, False, True]

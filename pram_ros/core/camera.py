@@ -120,6 +120,12 @@ class Camera:
             uv[front] = img.reshape(-1, 2)
         return uv, front
 
+    def contains(self, uv: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        """Mask of the pixels (N,2) inside the image, grown by `margin` px on every side (NaN: not)."""
+        with np.errstate(invalid="ignore"):
+            return (uv[:, 0] >= -margin) & (uv[:, 1] >= -margin) & \
+                (uv[:, 0] < self.width + margin) & (uv[:, 1] < self.height + margin)
+
     def normalize(self, uv: np.ndarray) -> np.ndarray:
         """Undistorted normalized image coordinates (x/z, y/z) of pixels (N,2)."""
         pts = np.asarray(uv, dtype=np.float64).reshape(-1, 1, 2)

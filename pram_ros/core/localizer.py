@@ -189,8 +189,7 @@ class Localizer:
         cam = m.cameras[m.frame_camera[m.vrf_frame[v]]]
         T = invert(m.frame_T[m.vrf_frame[v]])
         uv, front = cam.project(self.points[pts] @ T[:3, :3].T + T[:3, 3])
-        with np.errstate(invalid="ignore"):  # behind the camera: NaN
-            ok = front & (uv >= 0).all(1) & (uv <= [cam.width - 1, cam.height - 1]).all(1)
+        ok = front & cam.contains(uv)
         return pts[ok], uv[ok], (cam.width, cam.height)
 
     def _voters(self, keep: np.ndarray, top2: np.ndarray, landmarks: list[int]) -> np.ndarray:
@@ -297,6 +296,8 @@ class Localizer:
                 res.keypoints = kp
                 if res.success and self.fine is not None:
                     with self._timer(times, "fine"):
+                        # after a failed fine track, its 1024 keypoints serve the re-fit too: that frame
+                        # already paid for XFeat and recognition, and the next one tracks again
                         if sift is None:
                             sift = pending.result() if pending is not None else self.fine.extract(image)
                         self._fine(res, sift, camera, feats)

@@ -147,8 +147,7 @@ def _transfer(scene, cam: Camera, kp: np.ndarray, T_from: np.ndarray, T_to: np.n
     X = eye + np.where(np.isfinite(dist), dist, 0)[:, None] * rays
     T = invert(T_to)
     uv, front = cam.project(X @ T[:3, :3].T + T[:3, 3])
-    ok = np.isfinite(dist) & front & np.isfinite(uv).all(1) & (uv[:, 0] >= 0) & (uv[:, 1] >= 0) & \
-        (uv[:, 0] < cam.width) & (uv[:, 1] < cam.height)
+    ok = np.isfinite(dist) & front & cam.contains(uv)
     if ok.any():  # occlusion: the ray from the other camera must hit the same point
         back = X[ok] - T_to[:3, 3]
         d_back = np.linalg.norm(back, axis=1)
@@ -177,14 +176,10 @@ def homography_pairs(n: int, extractor: Extractor, seed: int = 2, progress: bool
         kp1, d1 = extractor(warped).numpy()
         cam0, cam1 = (Camera(im.shape[1], im.shape[0], 500.0, 500.0, im.shape[1] / 2, im.shape[0] / 2)
                       for im in (img, warped))
-
-        def inside(uv, cam):
-            return (uv[:, 0] >= 0) & (uv[:, 1] >= 0) & (uv[:, 0] < cam.width) & (uv[:, 1] < cam.height)
-
         uv01 = cv2.perspectiveTransform(kp0[None].astype(np.float64), H)[0] if len(kp0) else np.zeros((0, 2))
         uv10 = cv2.perspectiveTransform(kp1[None].astype(np.float64), np.linalg.inv(H))[0] if len(kp1) else \
             np.zeros((0, 2))
-        gt0, gt1 = labels_from_transfer(uv01, inside(uv01, cam1), kp1, uv10, inside(uv10, cam0), kp0)
+        gt0, gt1 = labels_from_transfer(uv01, cam1.contains(uv01), kp1, uv10, cam0.contains(uv10), kp0)
         out.append(Pair(kp0, d0, cam0, kp1, d1, cam1, gt0, gt1, H=H, source="homography"))
     return out
 
@@ -235,8 +230,7 @@ def map_pairs(work_dir: str | Path, min_shared: int = 50, max_pairs: int = 500, 
             has_point = point_of[src] >= 0
             X = sfm["points"][np.maximum(point_of[src], 0)]
             uv, front = cam_of[dst].project(X @ T_cw[dst][:3, :3].T + T_cw[dst][:3, 3])
-            outside = ~front | ~((uv[:, 0] >= 0) & (uv[:, 1] >= 0) & (uv[:, 0] < cam_of[dst].width) &
-                                 (uv[:, 1] < cam_of[dst].height))
+            outside = ~front | ~cam_of[dst].contains(uv)
             g[has_point & outside & (g == UNKNOWN)] = NO_MATCH
             gt.append(g)
         gt0, gt1 = mutual(gt[0], gt[1])  # a point two keypoints of one image observe matches neither

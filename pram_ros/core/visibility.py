@@ -80,6 +80,4 @@ class PointsInView:
         p = self.points[idx] @ R.T + t
         idx, p = idx[p[:, 2] <= self.max_depth], p[p[:, 2] <= self.max_depth]
         uv, front = camera.project(p)
-        inside = front & (uv[:, 0] >= -margin) & (uv[:, 1] >= -margin) & \
-            (uv[:, 0] < camera.width + margin) & (uv[:, 1] < camera.height + margin)
-        return np.sort(idx[inside])
+        return np.sort(idx[front & camera.contains(uv, margin)])
