@@ -86,12 +86,13 @@ def test_build_killed_in_training_resumes_at_training(small_bag, tmp_path):
     assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
     assert (work / "landmarks.json").exists() and not (work / "training.json").exists() and not out.exists()
 
-    conf = build_config({"steps": STEPS, "device": "cpu", "fine": False})  # what the command line above asked for
+    asked = {"steps": STEPS, "device": "cpu", "fine": False}  # what the command line above asked for
+    conf = build_config(asked)
     summary = build_map(small_bag, out, conf, progress=False, work_dir=work)
     assert summary.resumed == ["frames", "features", "sfm", "landmarks"]
     assert summary.recognition["steps"] == STEPS and len(load_map(out).points) > 100
 
-    again = build_map(small_bag, out, build_config({"steps": STEPS, "device": "cpu", "fine": False, "landmarks": 6}),
+    again = build_map(small_bag, out, build_config({**asked, "landmarks": 6}),
                       progress=False, work_dir=work)
     assert again.resumed == ["frames", "features", "sfm"] and again.landmarks == 6
     redo = build_map(small_bag, out, conf, progress=False, work_dir=work, from_stage="sfm")

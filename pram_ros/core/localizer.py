@@ -140,7 +140,7 @@ class Localizer:
         self.points = m.points.astype(np.float64)
         self.in_view = PointsInView.of_map(m)
         self.fine = FineRegistration(m, conf.fine, conf.registration) if conf.fine.enabled and m.fine is not None else None
-        self._sift_thread = ThreadPoolExecutor(1, thread_name_prefix="pram-sift")
+        self._sift_thread = ThreadPoolExecutor(1, thread_name_prefix="pram-sift") if self.fine is not None else None
         k = m.num_landmarks
         self.vrfs_of = [np.flatnonzero(m.vrf_landmark == lm) for lm in range(k + 1)]
         self.landmark_points = [np.unique(np.concatenate([m.vrf_point_ids(v) for v in vs])) if len(vs) else
