@@ -13,6 +13,7 @@ from .core.build import build_settings
 from .core.localizer import LocalizerConfig
 from .core.matcher import MatcherConfig
 from .core.fine import FineConfig
+from .core.flow import FlowConfig
 from .core.matcher_training import MatcherTrainConfig
 from .core.params import add_options, options, specs
 from .core.registration import RegistrationConfig
@@ -23,7 +24,7 @@ def evaluate_settings() -> dict:
     """The localizer settings `evaluate` takes as options."""
     loc = specs(LocalizerConfig)
     return {"method": loc["method"], "device": loc["device"], "fine": specs(FineConfig)["enabled"].renamed("fine"),
-            "matcher": loc["matcher"], "matcher_path": loc["matcher_path"], **specs(RegistrationConfig)}
+            "flow": specs(FlowConfig)["enabled"].renamed("flow"), "matcher": loc["matcher"], "matcher_path": loc["matcher_path"], **specs(RegistrationConfig)}
 
 
 def _topic_args(p: argparse.ArgumentParser) -> None:
@@ -114,7 +115,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     _quiet_colmap()
     v = options(a, evaluate_settings())
     loc = Localizer(a.map_dir, LocalizerConfig(method=v["method"], device=v["device"], tracking=a.tracking,
-                                               fine=FineConfig(enabled=v["fine"]), matcher=v["matcher"],
+                                               fine=FineConfig(enabled=v["fine"]), flow=FlowConfig(enabled=v["flow"]),
+                                               matcher=v["matcher"],
                                                matcher_path=v["matcher_path"],
                                                registration=RegistrationConfig(v["ransac_thresh_px"],
                                                                                v["min_inliers"])))

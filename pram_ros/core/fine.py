@@ -155,7 +155,11 @@ class FineRegistration:
             if isinstance(first, str):
                 return None, first
             T = first.T_camera_map
-        fit = self._ransac(sift, camera, T, self.conf.search_px * coarse_px, self.conf.ransac_px)
+        return self._finish(self._ransac(sift, camera, T, self.conf.search_px * coarse_px, self.conf.ransac_px),
+                            camera)
+
+    def _finish(self, fit: FineFit | str, camera: Camera) -> tuple[FineFit | None, str]:
+        """The RANSAC fit tightened and held to the acceptance rules."""
         if isinstance(fit, str):
             return None, fit
         fit = self._tighten(fit, camera)
@@ -174,11 +178,24 @@ class FineRegistration:
         q, p = self._match(kp, desc, cand, T, camera, radius)
         if len(q) < need:
             return f"{len(q)} fine matches within {radius:.1f} px"
-        uv, xyz = kp[q], self.points[p]
+        return self._pose(q, p, kp[q], camera, thresh_px)
+
+    def _pose(self, q: np.ndarray, p: np.ndarray, uv: np.ndarray, camera: Camera, thresh_px: float) -> FineFit | str:
+        """The pose by RANSAC at `thresh_px` over keypoints `q` at `uv` matched to fine points `p`."""
+        need = self.registration.min_inliers
+        xyz = self.points[p]
         est = estimate_pose(uv, xyz, camera, replace(self.registration, ransac_thresh_px=thresh_px))
         if est is None or est.num_inliers < need:
             return f"fine RANSAC: {0 if est is None else est.num_inliers} inliers < {need}"
         return FineFit(est.T_camera_map, q, p, uv, xyz, est.inliers)
+
+    def fit_tracks(self, uv: np.ndarray, point_ids: np.ndarray, camera: Camera) -> tuple[FineFit | None, str]:
+        """(the pose fit to fine points found at `uv` by optical flow, "") or (None, why not): RANSAC,
+        then the same last pass and acceptance rules as `fit`."""
+        if len(uv) < self.registration.min_inliers:
+            return None, f"{len(uv)} fine points tracked"
+        fit = self._pose(np.arange(len(uv)), np.asarray(point_ids), uv, camera, self.conf.ransac_px)
+        return self._finish(fit, camera)
 
     def _tighten(self, fit: FineFit, camera: Camera) -> FineFit:
         """The RANSAC pose re-fit to the matches within 3 sigma of it, sigma the keypoints' own noise

@@ -3,8 +3,9 @@
 pram:       features -> recognizer -> keypoint pre-filter -> landmarks ranked by votes ->
             per landmark: match its keypoints to the landmark's VRF points, PnP, accept or try the
             next -> refine with the points of covisible VRFs.
-tracking:   project the map with the previous pose (moved by odometry, or a prior), match near the
-            projections, PnP; fall back to relocalization when that fails.
+tracking:   from the previous pose (moved by odometry, or a prior): the last SIFT keyframe's keypoints
+            followed by optical flow (flow.py), else SIFT matched near the fine points' projections,
+            else XFeat matched near the map points' projections; PnP; fall back to relocalization.
 exhaustive: match against the keypoints of every map image (hloc without global descriptors), one
             PnP on all 2D-3D matches: the same features and PnP, so differences come from
             recognition alone.
@@ -28,7 +29,9 @@ import torch
 from .camera import Camera
 from .features import FeatureConfig, Features, make_extractor
 from .fine import FineConfig, FineFit, FineRegistration
+from .flow import FlowConfig, FlowTracker
 from .geometry import invert
+from .images import to_gray
 from .map import MapError, PramMap, has_baseline, load_baseline, load_map, read_manifest
 from .matching import (KeypointSet, MatchConfig, PairMatcher, learned_pair_matcher, lighterglue_pair_matcher,
                        mutual_nn)
@@ -80,6 +83,7 @@ class LocalizerConfig:
     # point may be seen (the node processes a few frames a second on a CPU: the image moves tens of px)...
     track_radius_odometry_px: float = 24.0  # ...and from the last pose moved by odometry, when there is odometry
     fine: FineConfig = FineConfig()
+    flow: FlowConfig = FlowConfig()
 
     def __post_init__(self) -> None:
         validate(self)
@@ -104,6 +108,7 @@ class LocalizationResult:
     fine: bool = False  # the final pose was re-fit to the map's fine layer...
     fine_reason: str = ""  # ...or why not
     fine_points: np.ndarray | None = None  # the fine points of the inliers, when fine
+    flow: bool = False  # the pose was fit to the keyframe's keypoints followed by optical flow (flow.py)
     landmarks: list[int] = field(default_factory=list)  # ranked candidates
     tried: list[int] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -141,6 +146,7 @@ class Localizer:
         self.in_view = PointsInView.of_map(m)
         self.fine = FineRegistration(m, conf.fine, conf.registration) if conf.fine.enabled and m.fine is not None else None
         self._sift_thread = ThreadPoolExecutor(1, thread_name_prefix="pram-sift") if self.fine is not None else None
+        self.flow = FlowTracker(conf.flow) if self.fine is not None and conf.flow.enabled else None
         k = m.num_landmarks
         self.vrfs_of = [np.flatnonzero(m.vrf_landmark == lm) for lm in range(k + 1)]
         self.landmark_points = [np.unique(np.concatenate([m.vrf_point_ids(v) for v in vs])) if len(vs) else
@@ -230,6 +236,8 @@ class Localizer:
         """Forget the track: the next image is recognized from scratch."""
         self.last_T_camera_map = self.last_fine_points = None
         self.prior_T_map_camera = self.prior_position_cov = None
+        if self.flow is not None:
+            self.flow.reset()
 
     def set_prior(self, T_map_camera: np.ndarray | None, position_cov: np.ndarray | None = None) -> None:
         """An external initial pose (e.g. /initialpose) for the next frame only: tracking starts from
@@ -271,10 +279,14 @@ class Localizer:
         track = self.conf.tracking if use_tracking is None else use_tracking
         res, sift = None, None
         start, radius = self._track_start(track, T_odom_camera)
-        if start is not None and self.fine is not None:  # SIFT alone while the fine track holds
+        gray = to_gray(image) if self.flow is not None else None
+        if start is not None and self.fine is not None:  # optical flow, else SIFT, while the fine track holds
             with self._timer(times, "tracking"):
-                sift = self.fine.extract(image, tracking=True)
-                res = self._fine_track(sift, camera, start, radius)
+                if self.flow is not None and self.flow.ready(gray):
+                    res = self._flow_track(gray, camera, start)
+                if res is None or not res.success:
+                    sift = self.fine.extract(image, tracking=True)
+                    res = self._fine_track(sift, camera, start, radius)
         if res is None or not res.success:
             # The query's SIFT for the fine fit, on its own thread while the coarse pose is found (OpenCV
             # runs without the GIL), when the last frame got a pose: this one likely will too. It is
@@ -312,6 +324,8 @@ class Localizer:
             self.last_fine_points = res.fine_points
         else:
             self.last_T_camera_map = self.last_T_odom_camera = self.last_fine_points = None
+        if self.flow is not None:
+            self._update_keyframe(res, gray, track)
         times["total"] = sum(times.values())
         res.timings_ms = times
         return res
@@ -505,7 +519,32 @@ class Localizer:
         px = self.feature_conf.pixels_per_detector_pixel(camera.width, camera.height)
         fit, reason = self.fine.fit(sift, camera, T_camera_map, px, first_px=radius * px,
                                     first_points=self.last_fine_points)
-        kp = sift[0]
+        return self._tracked(fit, reason, sift[0])
+
+    def _flow_track(self, gray: np.ndarray, camera: Camera, T_camera_map: np.ndarray) -> LocalizationResult:
+        """Tracking without new keypoints: the keyframe's fine inliers followed by optical flow from
+        where the predicted pose projects them, and the pose fit to where they are found."""
+        key = self.flow.key
+        xyz = self.fine.points[key.point_ids]
+        predicted, _ = camera.project(xyz @ T_camera_map[:3, :3].T + T_camera_map[:3, 3])
+        idx, uv = self.flow.track(gray, predicted)
+        fit, reason = self.fine.fit_tracks(uv, key.point_ids[idx], camera)
+        res = self._tracked(fit, reason, uv)
+        res.flow = True
+        return res
+
+    def _update_keyframe(self, res: LocalizationResult, gray: np.ndarray, track: bool) -> None:
+        """A pose fit to new SIFT keypoints makes its frame the keyframe; a flow fit keeps the keyframe
+        while enough of its points hold; anything else leaves none (the next track extracts SIFT)."""
+        if not (track and res.success and res.fine):
+            self.flow.reset()
+        elif not res.flow:
+            self.flow.set_keyframe(gray, res.inlier_uv, res.fine_points)
+        elif res.num_inliers < self.conf.flow.min_kept * len(self.flow.key.uv):
+            self.flow.reset()
+
+    def _tracked(self, fit: FineFit | None, reason: str, kp: np.ndarray) -> LocalizationResult:
+        """The tracking result of a fine fit to keypoints `kp`, or its failure."""
         res = LocalizationResult(False, "tracking", reason, num_keypoints=len(kp), keypoints=kp, fine_reason=reason)
         if fit is None:
             return res

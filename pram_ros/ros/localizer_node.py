@@ -132,7 +132,8 @@ class LocalizerNode(LifecycleNode):
 
     def _localizer_config(self, base: LocalizerConfig = LocalizerConfig()) -> LocalizerConfig:
         return replace(base, device=self.p("device"), half=self.p("fp16"), tracking=self.p("use_tracking"),
-                       fine=replace(base.fine, enabled=self.p("use_fine")), matcher=self.p("matcher"),
+                       fine=replace(base.fine, enabled=self.p("use_fine")),
+                       flow=replace(base.flow, enabled=self.p("use_flow")), matcher=self.p("matcher"),
                        matcher_path=self.p("matcher_path"),
                        registration=replace(base.registration, ransac_thresh_px=self.p("ransac_thresh_px"),
                                             min_inliers=self.p("min_inliers")))

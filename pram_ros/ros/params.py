@@ -14,6 +14,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 
 from ..core.build import build_settings
 from ..core.fine import FineConfig
+from ..core.flow import FlowConfig
 from ..core.localizer import LocalizerConfig
 from ..core.params import Spec, setting, specs, yaml_text
 from ..core.registration import RegistrationConfig
@@ -74,7 +75,8 @@ def _localizer_table() -> dict[str, Spec]:
     node, loc, reg = specs(LocalizerNodeConfig), specs(LocalizerConfig), specs(RegistrationConfig)
     core = {"device": loc["device"], "fp16": loc["half"].renamed("fp16"),
             "use_tracking": loc["tracking"].renamed("use_tracking"),
-            "use_fine": specs(FineConfig)["enabled"].renamed("use_fine"), "matcher": loc["matcher"],
+            "use_fine": specs(FineConfig)["enabled"].renamed("use_fine"),
+            "use_flow": specs(FlowConfig)["enabled"].renamed("use_flow"), "matcher": loc["matcher"],
             "matcher_path": loc["matcher_path"], **reg}
     first = ("map_path",)
     return {**{k: node[k] for k in first}, **core, **{k: v for k, v in node.items() if k not in first}}
