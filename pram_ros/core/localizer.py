@@ -37,7 +37,7 @@ from .matching import (KeypointSet, MatchConfig, PairMatcher, learned_pair_match
                        mutual_nn)
 from .params import DEVICE_PATTERN, setting, validate
 from .recognition import Recognizer, RecognizerConfig, normalize_keypoints
-from .registration import (PoseEstimate, RegistrationConfig, check, covariance, estimate_pose, refine_pose,
+from .registration import (PoseEstimate, RegistrationConfig, covariance, refine_pose, register,
                            reprojection_errors)
 from .two_view import projection_guide
 from .visibility import PointsInView
@@ -72,7 +72,6 @@ class LocalizerConfig:
     max_prefilter_drop: float = 0.6  # ...unless that removes more than this share
     max_landmarks: int = setting(24, "landmark candidates tried in rank order", range=(1, 512))
     landmarks_per_attempt: int = 3  # ...this many at a time (their points matched jointly)
-    ranking: str = "soft"  # soft (summed probabilities) | votes (first, then second choices)
     min_labelled: int = 40  # fewer keypoints voting for a landmark: match all keypoints instead
     refine_radii_px: tuple[float, ...] = (24.0, 8.0)  # refinement passes, coarse to fine
     polish_radius_px: float = 3.0  # then the pose is re-fit, without RANSAC, to every match whose point
@@ -379,14 +378,9 @@ class Localizer:
         if len(keep) < (1 - self.conf.max_prefilter_drop) * len(probs):
             keep = torch.argsort(p0)[: int(np.ceil((1 - self.conf.max_prefilter_drop) * len(probs)))]
         top2 = probs[:, 1:].topk(min(2, probs.shape[1] - 1), dim=1).indices + 1  # labels 1..K
-        kept = top2[keep].cpu().numpy()
-        k = self.map.num_landmarks
-        if self.conf.ranking == "votes":  # first choices, then second choices (the reference)
-            first = np.bincount(kept[:, 0], minlength=k + 1)
-            second = np.bincount(kept[:, 1], minlength=k + 1) if kept.shape[1] > 1 else np.zeros(k + 1)
-            score = first * (len(probs) + 1) + second
-        else:  # soft votes: each kept keypoint's probability mass per landmark
-            score = np.concatenate([[0.0], probs[keep, 1:].sum(0).cpu().numpy()])
+        # soft votes: each kept keypoint's probability mass per landmark (the reference counts first
+        # choices, then second choices)
+        score = np.concatenate([[0.0], probs[keep, 1:].sum(0).cpu().numpy()])
         order = [int(lm) for lm in np.argsort(-score) if lm > 0 and score[lm] > 0]
         return keep.cpu().numpy(), order, top2.cpu().numpy()
 
@@ -421,9 +415,7 @@ class Localizer:
             res.tried.extend(group)
             with self._timer(times, "registration"):
                 q, p = self._match_landmarks(feats, kp, keep, top2, group, camera)
-                est = estimate_pose(kp[q], self.points[p], camera, self.conf.registration) if len(q) >= 6 else None
-                reason = check(est, kp[q], camera, self.conf.registration, final=False) if est else \
-                    f"{len(q)} matches, no pose"
+                est, reason = register(kp[q], self.points[p], camera, self.conf.registration, final=False)
             if reason:
                 best_reason = f"landmarks {group}: {reason}"
                 continue
@@ -470,8 +462,7 @@ class Localizer:
             q, xyz = q_all[near], xyz_all[near]
             if len(q) < need:
                 return LocalizationResult(False, mode, "too few projected matches")
-            est = estimate_pose(kp[q], xyz, camera, self.conf.registration)
-            reason = check(est, kp[q], camera, self.conf.registration) if est else "PnP failed"
+            est, reason = register(kp[q], xyz, camera, self.conf.registration)
             if reason:
                 return LocalizationResult(False, mode, reason)
             res = self._accept(LocalizationResult(False, mode), est, kp[q], xyz, q)
@@ -579,11 +570,7 @@ class Localizer:
                 pairs = pairs[order]
                 first = np.concatenate([[True], pairs[1:, 0] != pairs[:-1, 0]])
                 q, p = pairs[first, 0], pairs[first, 1]
-        res = LocalizationResult(False, "exhaustive", f"{len(q)} matches, no pose")
         with self._timer(times, "registration"):
-            est = estimate_pose(kp[q], self.points[p], camera, self.conf.registration) if len(q) >= 6 else None
-            reason = check(est, kp[q], camera, self.conf.registration) if est else res.reason
-        if reason:
-            res.reason = reason
-            return res
-        return self._accept(res, est, kp[q], self.points[p], q)
+            est, reason = register(kp[q], self.points[p], camera, self.conf.registration)
+        res = LocalizationResult(False, "exhaustive", reason)
+        return res if reason else self._accept(res, est, kp[q], self.points[p], q)

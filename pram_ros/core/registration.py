@@ -1,5 +1,6 @@
-"""Registration: absolute pose from 2D-3D matches (PoseLib LO-RANSAC and refinement), explicit
-acceptance rules, and a covariance from the inliers' reprojection residuals."""
+"""Registration: absolute pose from 2D-3D matches (PoseLib LO-RANSAC and refinement), the
+acceptance rules every pose is held to (`check`, each verdict with its reason), and a covariance
+from the inliers' reprojection residuals."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from .geometry import invert, make_T
 from .params import setting, validate
 
 MIN_POSITION_VAR = 1e-4  # 1 cm^2
+MIN_MATCHES = 6  # fewer 2D-3D matches are not worth a RANSAC (P3P needs 3, and a few more to test it)
 MIN_ROTATION_VAR = np.radians(1.0) ** 2  # (1 deg)^2
 
 
@@ -25,7 +27,6 @@ class RegistrationConfig:
     min_spread: float = 0.04  # inliers' std along their weaker image axis, as a share of the image size
     min_coverage: float = 0.22  # share of the image the inliers' bounding box must cover: a pose held
     # up by one poster or window alone is the typical wrong fix where the same picture hangs twice
-    max_covariance_position_m2: float = 1.0  # refuse fixes whose position variance exceeds this
 
     def __post_init__(self) -> None:
         validate(self)
@@ -89,6 +90,18 @@ def reprojection_errors(T_camera_map: np.ndarray, uv: np.ndarray, xyz: np.ndarra
     err = np.linalg.norm(proj - uv, axis=1)
     err[~front] = np.inf
     return err
+
+
+def register(uv: np.ndarray, xyz: np.ndarray, camera: Camera, conf: RegistrationConfig,
+             final: bool = True) -> tuple[PoseEstimate | None, str]:
+    """(the pose by PnP RANSAC, "") when it passes `check`, else (None, why not)."""
+    if len(uv) < MIN_MATCHES:
+        return None, f"{len(uv)} matches, no pose"
+    est = estimate_pose(uv, xyz, camera, conf)
+    if est is None:
+        return None, f"{len(uv)} matches, PnP RANSAC found no pose"
+    reason = check(est, uv, camera, conf, final)
+    return (None, reason) if reason else (est, "")
 
 
 def check(est: PoseEstimate, uv: np.ndarray, camera: Camera, conf: RegistrationConfig, final: bool = True) -> str:
