@@ -111,10 +111,17 @@ def test_poses_qos_bad_frames_services_and_initialpose(harness, query_frames):
     n = h.node.stats.processed
     h.spin(lambda: h.node.stats.processed > n)
     assert h.node.stats.last["mode"] == "tracking"
+    # the next frame follows that SIFT fit's keypoints by optical flow, and the diagnostics say so
+    feed(h, query_frames[6])
+    n = h.node.stats.processed
+    h.spin(lambda: h.node.stats.processed > n)
+    assert h.node.stats.last["mode"] == "tracking" and h.node.stats.last["optical_flow"]
+    assert h.spin(lambda: (d := diag_values(h)) is not None and
+                  {v.key: v.value for v in d.values}.get("optical_flow") == "True")
     # relocalize drops the track: the next fix is recognized from scratch
     assert h.call(Trigger, "relocalize", Trigger.Request()).success
     assert h.node.loc.last_T_camera_map is None
-    feed(h, query_frames[6])
+    feed(h, query_frames[7])
     n = h.node.stats.processed
     h.spin(lambda: h.node.stats.processed > n)
     assert h.node.stats.last["mode"] == "recognition"

@@ -498,7 +498,8 @@ class LocalizerNode(LifecycleNode):
                            T_odom_camera=None if T_odom_base is None else T_odom_base @ T_base_cam)
         self.stats.processed += 1
         self.stats.last.update(mode=res.mode if res.success else "lost", keypoints=res.num_keypoints,
-                               inliers=res.num_inliers, landmarks=len(res.landmarks),
+                               inliers=res.num_inliers, landmarks=len(res.landmarks), fine=res.fine,
+                               optical_flow=res.flow,
                                processing_ms=(time.perf_counter() - t0) * 1e3, reason=res.reason)
         if self.p("publish_debug_image") and self.pub_debug.get_subscription_count() > 0:
             self.pub_debug.publish(image_to_msg(debug_image(image, res), "bgr8", stamp, cam_frame))
@@ -618,7 +619,8 @@ class LocalizerNode(LifecycleNode):
                 level, message = DiagnosticStatus.OK, "localized"
         values = {"localized": str(s.last.get("mode", "lost") != "lost"), "mode": s.last.get("mode", "none"),
                   "keypoints": s.last.get("keypoints", 0), "landmarks": s.last.get("landmarks", 0),
-                  "inliers": s.last.get("inliers", 0), "processing_ms": f"{s.last.get('processing_ms', 0):.1f}",
+                  "inliers": s.last.get("inliers", 0), "fine": s.last.get("fine", False),
+                  "optical_flow": s.last.get("optical_flow", False), "processing_ms": f"{s.last.get('processing_ms', 0):.1f}",
                   "latency_ms": f"{s.last.get('latency_ms', 0):.1f}", "time_since_fix_s": f"{since:.2f}",
                   "frames_received": s.received, "frames_dropped": s.dropped, "frames_processed": s.processed,
                   "frames_localized": s.localized, "stamps_rejected": s.stamp_rejected, "errors": s.errors,
