@@ -75,6 +75,24 @@ def test_tracking_by_optical_flow_is_as_precise_as_on_sift(demo_map, demo_query_
     assert t < 1.25 * t0 and r < 1.25 * r0, ((t, r), (t0, r0))
 
 
+def test_tracking_without_odometry_predicts_by_constant_velocity(demo_map, demo_query_frames):
+    """Every second demo frame (60 cm and 10 degrees apart) with no odometry: searching from the last
+    pose finds repeated textures (the place repeats its posters) where the camera has turned away; the
+    last two poses' motion, from the images' stamps, predicts the frame and halves the wrong poses."""
+    frames = demo_query_frames[::2]
+
+    def wrong_poses(stamps: bool) -> int:
+        loc = Localizer(demo_map.out, LocalizerConfig(tracking=True))
+        res = [loc.localize(f.image, f.camera, use_tracking=True, stamp_ns=f.stamp_ns if stamps else None)
+               for f in frames]
+        e = np.array([errors(r.T_map_camera, f.T_map_camera) for r, f in zip(res, frames) if r.success])
+        assert len(e) >= 0.95 * len(frames)
+        return int(np.sum((e[:, 0] > 0.25) | (e[:, 1] > 2.0)))
+
+    last_pose, constant_velocity = wrong_poses(False), wrong_poses(True)
+    assert constant_velocity <= last_pose / 2, (constant_velocity, last_pose)
+
+
 def test_a_map_without_a_fine_layer_localizes_with_the_coarse_pose(small_map, demo_bags, tmp_path):
     """Maps from before the fine layer (or built with --no-fine) load and localize as they did."""
     from pram_ros.core.bag import BagReader

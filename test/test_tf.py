@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pram_ros.core.geometry import invert, make_T, rotation_error_deg
+from pram_ros.core.geometry import extrapolate, invert, make_T, rotation_error_deg
 from pram_ros.core.synthetic import _Rz
 from pram_ros.core.tf import TfBuffer, TfError
 
@@ -55,3 +55,13 @@ def test_history_is_bounded_and_bad_transforms_refused():
         buf.set_transform("odom", "base_link", 0, bad)
     with pytest.raises(TfError):
         buf.set_transform("x", "x", 0, np.eye(4))
+
+
+def test_constant_velocity_extrapolation_continues_a_steady_turn():
+    """A camera turning 10 degrees and moving 30 cm a step: two steps past the second pose is the
+    fourth, exactly; s=0 is the last pose itself."""
+    poses = [make_T(_Rz(np.radians(10.0 * k)), np.array([0.3 * k, 0.1 * k, 1.2])) for k in range(4)]
+    assert np.allclose(extrapolate(poses[0], poses[1], 2.0), poses[3], atol=1e-12)
+    assert np.allclose(extrapolate(poses[1], poses[2], 0.5), make_T(_Rz(np.radians(25.0)), [0.75, 0.25, 1.2]),
+                       atol=1e-12)
+    assert np.allclose(extrapolate(poses[0], poses[1], 0.0), poses[1])

@@ -176,7 +176,8 @@ def evaluate(localizer, bag: str | Path, out_dir: str | Path, tracking: bool = F
             if first:
                 localizer.warm_up(f.camera)
                 first = False
-            res = localizer.localize(f.image, f.camera, use_tracking=tracking, T_odom_camera=f.T_odom_camera)
+            res = localizer.localize(f.image, f.camera, use_tracking=tracking, T_odom_camera=f.T_odom_camera,
+                                     stamp_ns=f.stamp_ns)
             te = ra = None
             if res.success and f.T_map_camera is not None:
                 te, ra = errors(res.T_map_camera, f.T_map_camera)

@@ -56,6 +56,12 @@ def interpolate(T0: np.ndarray, T1: np.ndarray, alpha: float) -> np.ndarray:
     return make_T(R, (1 - alpha) * T0[:3, 3] + alpha * T1[:3, 3])
 
 
+def extrapolate(T0: np.ndarray, T1: np.ndarray, s: float) -> np.ndarray:
+    """The pose `s` times T0 -> T1's motion past T1 (s=1: as far again): constant velocity."""
+    dR = Rotation.from_rotvec(Rotation.from_matrix(T1[:3, :3] @ T0[:3, :3].T).as_rotvec() * s).as_matrix()
+    return make_T(dR @ T1[:3, :3], T1[:3, 3] + s * (T1[:3, 3] - T0[:3, 3]))
+
+
 def rotation_error_deg(R_est: np.ndarray, R_gt: np.ndarray) -> float:
     """Angle of R_est^T R_gt in degrees."""
     c = (np.trace(R_est.T @ R_gt) - 1.0) / 2.0

@@ -30,7 +30,7 @@ from .camera import Camera
 from .features import FeatureConfig, Features, make_extractor
 from .fine import FineConfig, FineFit, FineRegistration
 from .flow import FlowConfig, FlowTracker
-from .geometry import invert
+from .geometry import extrapolate, invert
 from .images import to_gray
 from .map import MapError, PramMap, has_baseline, load_baseline, load_map, read_manifest
 from .matching import (KeypointSet, MatchConfig, PairMatcher, learned_pair_matcher, lighterglue_pair_matcher,
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 CUDA_ERRORS = (torch.cuda.OutOfMemoryError, torch.AcceleratorError)
 METHODS = ("pram", "exhaustive", "auto")
 MATCHERS = ("nn", "lighterglue", "imp")
+MAX_EXTRAPOLATION = 3.0  # without odometry, the last motion predicts at most this many times its own
+# length ahead (frames dropped in between); past that the last pose is the better guess
 AUTO_EXHAUSTIVE_MAX_IMAGES = 10  # `auto` matches exhaustively against maps this small. bench/map_size.py:
 # matching a query against one map image costs about 4 ms on 2 CPU cores, PRAM's recognition,
 # registration and refinement 40-70 ms together, whatever the map's size
@@ -154,6 +156,9 @@ class Localizer:
                            for vs in self.vrfs_of]
         self.last_T_camera_map: np.ndarray | None = None
         self.last_T_odom_camera: np.ndarray | None = None  # odometry at the last pose, to predict the next
+        self.last_stamp_ns: int | None = None  # the last pose's image stamp...
+        self.prev_pose: tuple[int, np.ndarray] | None = None  # ...and the pose before it (stamp, T_camera_map),
+        # for a constant-velocity prediction where there is no odometry
         self.last_fine_points: np.ndarray | None = None  # the fine points the last pose was fit to
         self.prior_T_map_camera: np.ndarray | None = None
         self.prior_position_cov: np.ndarray | None = None
@@ -233,7 +238,7 @@ class Localizer:
 
     def reset(self) -> None:
         """Forget the track: the next image is recognized from scratch."""
-        self.last_T_camera_map = self.last_fine_points = None
+        self.last_T_camera_map = self.last_fine_points = self.last_stamp_ns = self.prev_pose = None
         self.prior_T_map_camera = self.prior_position_cov = None
         if self.flow is not None:
             self.flow.reset()
@@ -244,7 +249,7 @@ class Localizer:
         of its position (`position_cov`, 3x3 in the map frame), then the others."""
         self.prior_T_map_camera = T_map_camera
         self.prior_position_cov = position_cov
-        self.last_T_camera_map = self.last_fine_points = None
+        self.last_T_camera_map = self.last_fine_points = self.last_stamp_ns = self.prev_pose = None
 
     def warm_up(self, camera: Camera) -> None:
         """Run the networks once so the first real frame is not slow."""
@@ -253,31 +258,34 @@ class Localizer:
         self.reset()
 
     def localize(self, image: np.ndarray, camera: Camera, use_tracking: bool | None = None,
-                 T_camera_body: np.ndarray | None = None, T_odom_camera: np.ndarray | None = None
-                 ) -> LocalizationResult:
+                 T_camera_body: np.ndarray | None = None, T_odom_camera: np.ndarray | None = None,
+                 stamp_ns: int | None = None) -> LocalizationResult:
         """Pose of the camera for one image (decoded BGR or mono), or an explicit failure.
 
         `T_odom_camera` (odometry at the image's stamp, any drifting frame) moves the last pose to
         where tracking looks first: the image may have moved far since the last processed frame.
+        Without odometry, the image's `stamp_ns` lets the last two poses' motion predict it
+        (constant velocity).
 
         A CUDA error (out of memory, a failed kernel) moves the networks to the CPU for good, with a
         warning in the log and in `device_warning`, and the image is tried again there."""
         try:
-            return self._localize(image, camera, use_tracking, T_camera_body, T_odom_camera)
+            return self._localize(image, camera, use_tracking, T_camera_body, T_odom_camera, stamp_ns)
         except CUDA_ERRORS as exc:
             self.device_warning = f"{type(exc).__name__} on {self.device}: running on the CPU from now on ({exc})"
             log.warning(self.device_warning)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             self._place_networks("cpu")
-            return self._localize(image, camera, use_tracking, T_camera_body, T_odom_camera)
+            return self._localize(image, camera, use_tracking, T_camera_body, T_odom_camera, stamp_ns)
 
     def _localize(self, image: np.ndarray, camera: Camera, use_tracking: bool | None,
-                  T_camera_body: np.ndarray | None, T_odom_camera: np.ndarray | None) -> LocalizationResult:
+                  T_camera_body: np.ndarray | None, T_odom_camera: np.ndarray | None,
+                  stamp_ns: int | None) -> LocalizationResult:
         times: dict[str, float] = {}
         track = self.conf.tracking if use_tracking is None else use_tracking
         res, sift = None, None
-        start, radius = self._track_start(track, T_odom_camera)
+        start, radius = self._track_start(track, T_odom_camera, stamp_ns)
         gray = to_gray(image) if self.flow is not None else None
         if start is not None and self.fine is not None:  # optical flow, else SIFT, while the fine track holds
             with self._timer(times, "tracking"):
@@ -319,27 +327,46 @@ class Localizer:
         # one cannot hold the node
         if res.success:
             res.covariance = covariance(res.T_map_camera, res.inlier_uv, res.inlier_xyz, camera, T_camera_body)
+            known = self.last_T_camera_map is not None and self.last_stamp_ns is not None
+            self.prev_pose = (self.last_stamp_ns, self.last_T_camera_map) if known and stamp_ns is not None else None
             self.last_T_camera_map, self.last_T_odom_camera = res.T_camera_map, T_odom_camera
-            self.last_fine_points = res.fine_points
+            self.last_fine_points, self.last_stamp_ns = res.fine_points, stamp_ns
         else:
             self.last_T_camera_map = self.last_T_odom_camera = self.last_fine_points = None
+            self.last_stamp_ns = self.prev_pose = None
         if self.flow is not None:
             self._update_keyframe(res, gray, track)
         times["total"] = sum(times.values())
         res.timings_ms = times
         return res
 
-    def _track_start(self, track: bool, T_odom_camera: np.ndarray | None) -> tuple[np.ndarray | None, float]:
+    def _track_start(self, track: bool, T_odom_camera: np.ndarray | None,
+                     stamp_ns: int | None) -> tuple[np.ndarray | None, float]:
         """Where tracking starts (T_camera_map, or None: recognize) and its first search radius: the
-        last pose moved by the odometry since then, else the last pose, else an external prior."""
+        last pose moved by the odometry since then, else by the last two poses' motion, else the last
+        pose, else an external prior."""
         last, last_odom = self.last_T_camera_map, self.last_T_odom_camera
         if track and last is not None and last_odom is not None and T_odom_camera is not None:
             return invert(T_odom_camera) @ last_odom @ last, self.conf.track_radius_odometry_px
         if track and last is not None:
-            return last, self.conf.track_radius_px
+            moved = self._constant_velocity(stamp_ns)
+            return (last if moved is None else moved), self.conf.track_radius_px
         if self.prior_T_map_camera is not None:
             return invert(self.prior_T_map_camera), self.conf.track_radius_px
         return None, 0.0
+
+    def _constant_velocity(self, stamp_ns: int | None) -> np.ndarray | None:
+        """T_camera_map at `stamp_ns` if the camera kept the motion of its last two poses (None when
+        they, or the stamps, do not allow it)."""
+        if stamp_ns is None or self.prev_pose is None or self.last_stamp_ns is None:
+            return None
+        t_prev, T_prev = self.prev_pose
+        if not t_prev < self.last_stamp_ns < stamp_ns:
+            return None
+        s = (stamp_ns - self.last_stamp_ns) / (self.last_stamp_ns - t_prev)
+        if s > MAX_EXTRAPOLATION:
+            return None
+        return invert(extrapolate(invert(T_prev), invert(self.last_T_camera_map), s))
 
     # -- stages ----------------------------------------------------------------------------------
 

@@ -495,7 +495,7 @@ class LocalizerNode(LifecycleNode):
         t0 = time.perf_counter()
         self.stats.last_stamp_ns = stamp
         res = loc.localize(image, camera, T_camera_body=invert(T_base_cam),
-                           T_odom_camera=None if T_odom_base is None else T_odom_base @ T_base_cam)
+                           T_odom_camera=None if T_odom_base is None else T_odom_base @ T_base_cam, stamp_ns=stamp)
         self.stats.processed += 1
         self.stats.last.update(mode=res.mode if res.success else "lost", keypoints=res.num_keypoints,
                                inliers=res.num_inliers, landmarks=len(res.landmarks), fine=res.fine,

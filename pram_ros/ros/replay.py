@@ -80,7 +80,7 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
     log_path = out / "localizer.log"
     cmd = _node_command(Path(map_dir), image_topic, compressed, topics.camera_info, has_extrinsic, node_params or [])
     ctx = Context()
-    rclpy.init(context=ctx, domain_id=domain_id if domain_id is not None else int(env.get("ROS_DOMAIN_ID", 0)))
+    rclpy.init(args=[], context=ctx, domain_id=domain_id if domain_id is not None else int(env.get("ROS_DOMAIN_ID", 0)))
     node = rclpy.create_node("pram_replay", context=ctx)
     ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(node)
