@@ -24,7 +24,8 @@ def evaluate_settings() -> dict:
     """The localizer settings `evaluate` takes as options."""
     loc = specs(LocalizerConfig)
     return {"method": loc["method"], "device": loc["device"], "fine": specs(FineConfig)["enabled"].renamed("fine"),
-            "flow": specs(FlowConfig)["enabled"].renamed("flow"), "matcher": loc["matcher"], "matcher_path": loc["matcher_path"], **specs(RegistrationConfig)}
+            "flow": specs(FlowConfig)["enabled"].renamed("flow"), "matcher": loc["matcher"],
+            "matcher_path": loc["matcher_path"], **specs(RegistrationConfig)}
 
 
 def _topic_args(p: argparse.ArgumentParser) -> None:

@@ -40,7 +40,11 @@ class Keyframe:
     image: np.ndarray  # greyscale
     uv: np.ndarray  # (M, 2) float32: the keypoints of its fit's inliers
     point_ids: np.ndarray  # (M,) their fine points
-    size: tuple[int, int]  # (width, height)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)"""
+        return self.image.shape[1], self.image.shape[0]
 
 
 class FlowTracker:
@@ -52,8 +56,7 @@ class FlowTracker:
         self._criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01)
 
     def set_keyframe(self, gray: np.ndarray, uv: np.ndarray, point_ids: np.ndarray) -> None:
-        self.key = Keyframe(gray.copy(), np.ascontiguousarray(uv, np.float32), np.asarray(point_ids),
-                            (gray.shape[1], gray.shape[0]))
+        self.key = Keyframe(gray.copy(), np.ascontiguousarray(uv, np.float32), np.asarray(point_ids))
 
     def reset(self) -> None:
         self.key = None
@@ -70,7 +73,7 @@ class FlowTracker:
         start = np.where(np.isfinite(predicted_uv), predicted_uv, key.uv).astype(np.float32)
         win = (c.window_px, c.window_px)
         flags = cv2.OPTFLOW_USE_INITIAL_FLOW
-        fwd, ok, _ = cv2.calcOpticalFlowPyrLK(key.image, gray, key.uv, start.copy(), winSize=win,
+        fwd, ok, _ = cv2.calcOpticalFlowPyrLK(key.image, gray, key.uv, start, winSize=win,
                                               maxLevel=c.levels, criteria=self._criteria, flags=flags)
         back, ok_back, _ = cv2.calcOpticalFlowPyrLK(gray, key.image, fwd, key.uv.copy(), winSize=win,
                                                     maxLevel=c.levels, criteria=self._criteria, flags=flags)

@@ -14,8 +14,8 @@ from .geometry import invert, make_T
 from .params import setting, validate
 
 MIN_POSITION_VAR = 1e-4  # 1 cm^2
-MIN_MATCHES = 6  # fewer 2D-3D matches are not worth a RANSAC (P3P needs 3, and a few more to test it)
 MIN_ROTATION_VAR = np.radians(1.0) ** 2  # (1 deg)^2
+MIN_MATCHES = 6  # fewer 2D-3D matches are not worth a RANSAC (P3P needs 3, and a few more to test it)
 
 
 @dataclass(frozen=True)
