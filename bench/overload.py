@@ -121,7 +121,7 @@ def main() -> None:
             ex.spin_once(timeout_sec=0.05)
         alive = proc.poll() is None
     finally:
-        stop(proc, ex, ctx)
+        stop(proc, ex, (ctx,))
 
     d = diags[-1]
     received, processed = int(d["frames_received"]), int(d["frames_processed"])

@@ -174,6 +174,9 @@ def test_real_time_replay_bounds_latency_and_keeps_the_newest_frame(demo_map, de
     assert int(d["frames_processed"]) <= int(d["frames_answered"])
     assert report["last_image_answered"]  # the newest frame is processed, not dropped
     assert report["processed_fraction"] >= 0.2
+    # odometry keeps up with the images: TF written beside large images from one DDS participant
+    # once came a heartbeat (3 s) late, and most frames were tracked without it
+    assert int(d["frames_without_odometry"]) <= 0.1 * int(d["frames_processed"]), d
     lat = report["latency_ms"]
     assert lat["p50"] < 2000 and lat["max"] < 5000, lat  # a frame waits for at most one other
 

@@ -51,6 +51,7 @@ class Stats:
     localized: int = 0
     errors: int = 0
     stamp_rejected: int = 0  # duplicate, out-of-order or far-future image stamps
+    without_odometry: int = 0  # frames that needed odometry at their stamp and had none in time
     answered: int = 0  # frames the worker took, whatever the outcome (received = answered + dropped)
     answered_stamp_ns: int = 0  # the last of them
     last_error: str = ""
@@ -492,6 +493,7 @@ class LocalizerNode(LifecycleNode):
             (self.p("publish_tf") and self.p("tf_mode") == "map_odom")
         T_odom_base = self._odometry_at(self.p("odom_frame"), base, stamp) \
             if needs_odometry and base == self.p("base_frame") else None
+        self.stats.without_odometry += needs_odometry and base == self.p("base_frame") and T_odom_base is None
         t0 = time.perf_counter()
         self.stats.last_stamp_ns = stamp
         res = loc.localize(image, camera, T_camera_body=invert(T_base_cam),
@@ -625,6 +627,7 @@ class LocalizerNode(LifecycleNode):
                   "latency_ms": f"{s.last.get('latency_ms', 0):.1f}", "time_since_fix_s": f"{since:.2f}",
                   "frames_received": s.received, "frames_dropped": s.dropped, "frames_processed": s.processed,
                   "frames_localized": s.localized, "stamps_rejected": s.stamp_rejected, "errors": s.errors,
+                  "frames_without_odometry": s.without_odometry,
                   "frames_answered": s.answered, "answered_stamp_ns": s.answered_stamp_ns,
                   "last_error": s.last_error,
                   "tf": s.last.get("tf", ""), "reason": s.last.get("reason", ""),

@@ -79,11 +79,18 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     log_path = out / "localizer.log"
     cmd = _node_command(Path(map_dir), image_topic, compressed, topics.camera_info, has_extrinsic, node_params or [])
-    ctx = Context()
-    rclpy.init(args=[], context=ctx, domain_id=domain_id if domain_id is not None else int(env.get("ROS_DOMAIN_ID", 0)))
+    domain = domain_id if domain_id is not None else int(env.get("ROS_DOMAIN_ID", 0))
+    ctx, image_ctx = Context(), Context()
+    rclpy.init(args=[], context=ctx, domain_id=domain)
     node = rclpy.create_node("pram_replay", context=ctx)
     ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(node)
+    # Images come from a DDS participant of their own, as a camera driver's do on a robot. Fast
+    # DDS sends a participant's samples through one shared-memory segment (512 KB by default),
+    # which the fragments of large images fill: TF written beside them was then lost until
+    # reliable delivery resent it a heartbeat (3 s) later, and the node tracked without odometry.
+    rclpy.init(args=[], context=image_ctx, domain_id=domain)
+    image_node = rclpy.create_node("pram_replay_images", context=image_ctx)
     recorded: list[tuple[str, str, int, bytes]] = []
     poses: dict[int, tuple[np.ndarray, float]] = {}
     map_tfs: list[tuple[str, int, np.ndarray]] = []
@@ -117,7 +124,7 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
     for topic, msgtype, _, _ in messages:
         if topic not in pubs:
             qos = LATCHED if topic == topics.tf_static else (100 if topic == topics.tf else reliable)
-            pubs[topic] = node.create_publisher(TYPES[msgtype], topic, qos)
+            pubs[topic] = (image_node if topic == image_topic else node).create_publisher(TYPES[msgtype], topic, qos)
     clock = node.create_publisher(Clock, "/clock", 10)
     t0 = messages[0][2] if messages else 0
     proc = subprocess.Popen(cmd, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
@@ -219,7 +226,7 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
             clock.publish(Clock(clock=ns_to_time(t_clock)))
             ex.spin_once(timeout_sec=0.05)
     finally:
-        stop(proc, ex, ctx)
+        stop(proc, ex, (ctx, image_ctx))
 
     with BagWriter(out / "recorded", overwrite=True) as w:
         for topic, msgtype, t, raw in recorded:
@@ -237,15 +244,16 @@ def replay(map_dir: str | Path, bag: str | Path, out_dir: str | Path, rate: floa
     return report
 
 
-def stop(proc: subprocess.Popen, ex: SingleThreadedExecutor, ctx: Context) -> None:
-    """Stop the node process (SIGINT, then SIGKILL after 10 s) and this process's rclpy context."""
+def stop(proc: subprocess.Popen, ex: SingleThreadedExecutor, contexts: tuple[Context, ...]) -> None:
+    """Stop the node process (SIGINT, then SIGKILL after 10 s) and this process's rclpy contexts."""
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
     ex.shutdown()
-    rclpy.shutdown(context=ctx)
+    for ctx in contexts:
+        rclpy.shutdown(context=ctx)
 
 
 def _values(diags: list[DiagnosticArray]) -> dict[str, str]:
