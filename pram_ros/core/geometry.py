@@ -62,6 +62,20 @@ def extrapolate(T0: np.ndarray, T1: np.ndarray, s: float) -> np.ndarray:
     return make_T(dR @ T1[:3, :3], T1[:3, 3] + s * (T1[:3, 3] - T0[:3, 3]))
 
 
+def essential(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The essential matrix [t]x R of the motion x1 = R x0 + t."""
+    return np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ R
+
+
+def sampson_px(x0: np.ndarray, x1: np.ndarray, E: np.ndarray, f: float) -> np.ndarray:
+    """Sampson distance in pixels (focal f) of normalized correspondences x0 <-> x1 under E."""
+    h0, h1 = np.c_[x0, np.ones(len(x0))], np.c_[x1, np.ones(len(x1))]
+    Ex0, Etx1 = h0 @ E.T, h1 @ E
+    num = np.sum(h1 * Ex0, 1) ** 2
+    den = Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2
+    return np.sqrt(num / np.maximum(den, 1e-18)) * f
+
+
 def rotation_error_deg(R_est: np.ndarray, R_gt: np.ndarray) -> float:
     """Angle of R_est^T R_gt in degrees."""
     c = (np.trace(R_est.T @ R_gt) - 1.0) / 2.0

@@ -60,12 +60,12 @@ class MatcherConfig:
 
 
 class CrossBlock(nn.Module):
-    """Bidirectional cross-attention (one similarity matrix for both directions, as in LightGlue),
-    with an optional additive bias (B, N0, N1) from the geometry."""
+    """Bidirectional cross-attention (shared query-key projection, so both directions see the same
+    similarities, as in LightGlue), with an optional additive bias (B, N0, N1) from the geometry."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
-        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.heads = heads
         self.to_qk, self.to_v = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
         self.ffn = nn.Sequential(nn.Linear(2 * dim, 2 * dim), nn.LayerNorm(2 * dim), nn.GELU(),
@@ -75,17 +75,18 @@ class CrossBlock(nn.Module):
                 mask0: torch.Tensor | None = None, mask1: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+            return t.unflatten(-1, (self.heads, -1)).transpose(1, 2).contiguous()
 
         qk0, qk1, v0, v1 = heads(self.to_qk(x0)), heads(self.to_qk(x1)), heads(self.to_v(x0)), heads(self.to_v(x1))
-        sim = torch.einsum("bhid,bhjd->bhij", qk0 * self.scale ** 0.5, qk1 * self.scale ** 0.5)
-        if bias is not None:
-            sim = sim + bias[:, None]
+        # Each direction is its own attention through scaled_dot_product_attention: one shared
+        # similarity matrix softmaxed along both axes costs 8x more on the CPU (the transposed
+        # softmax runs strided and copies; 4 heads x 1024 x 1024 per layer, bench/RESULTS.md)
+        mask = None if bias is None else bias[:, None]
         if mask0 is not None:
             pair = mask0[:, None, :, None] & mask1[:, None, None, :]
-            sim = sim.masked_fill(~pair, -1e4)
-        m0 = torch.softmax(sim, -1) @ v1
-        m1 = torch.softmax(sim.transpose(-1, -2), -1) @ v0
+            mask = (0.0 if mask is None else mask) + (~pair).float() * -1e4
+        m0 = F.scaled_dot_product_attention(qk0, qk1, v1, attn_mask=mask)
+        m1 = F.scaled_dot_product_attention(qk1, qk0, v0, attn_mask=None if mask is None else mask.transpose(-1, -2))
 
         def update(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
             m = self.out(m.transpose(1, 2).flatten(-2))

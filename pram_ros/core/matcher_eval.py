@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .features import Extractor
-from .geometry import invert
+from .geometry import essential, invert, sampson_px
 from .matcher import Matcher
 from .matcher_training import Pair, labels_from_transfer, rendered_pairs, _transfer
 from .matching import KeypointSet, MatchConfig, learned_pair_matcher, lighterglue_pair_matcher, nn_pair_matcher
@@ -83,14 +83,9 @@ def correct(p: Pair, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def epipolar_distances(p: Pair, m: np.ndarray) -> np.ndarray:
     """Sampson distance (px) of each match under the pair's true relative pose."""
-    R, t = p.T_1_0[:3, :3], p.T_1_0[:3, 3]
-    E = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ R
-    n0 = np.c_[p.cam0.normalize(p.kp0[m[:, 0]]), np.ones(len(m))]
-    n1 = np.c_[p.cam1.normalize(p.kp1[m[:, 1]]), np.ones(len(m))]
-    Ex0, Etx1 = n0 @ E.T, n1 @ E
-    num = np.sum(n1 * Ex0, 1) ** 2
-    den = Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2
-    return np.sqrt(num / np.maximum(den, 1e-18)) * np.mean([p.cam0.fx, p.cam1.fx])
+    E = essential(p.T_1_0[:3, :3], p.T_1_0[:3, 3])
+    return sampson_px(p.cam0.normalize(p.kp0[m[:, 0]]), p.cam1.normalize(p.kp1[m[:, 1]]), E,
+                      float(np.mean([p.cam0.fx, p.cam1.fx])))
 
 
 def evaluate_matchers(sets: dict[str, list[Pair]], methods: dict[str, MatchFn],

@@ -22,7 +22,7 @@ import pycolmap
 import torch
 
 from .camera import Camera
-from .geometry import invert, make_T, rotation_error_deg
+from .geometry import essential, invert, make_T, rotation_error_deg, sampson_px
 from .matching import MatchConfig, mutual_nn
 
 log = logging.getLogger(__name__)
@@ -120,18 +120,7 @@ def make_pairs(inputs: list[SfmInput], conf: SfmConfig) -> list[tuple[int, int]]
 
 def _essential(T_c1_map: np.ndarray, T_c2_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     T21 = T_c2_map @ invert(T_c1_map)
-    t = T21[:3, 3]
-    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
-    return tx @ T21[:3, :3], T21
-
-
-def sampson_px(x1: np.ndarray, x2: np.ndarray, E: np.ndarray, f: float) -> np.ndarray:
-    """Sampson distance in pixels (focal f) of normalized correspondences under essential matrix E."""
-    h1, h2 = np.c_[x1, np.ones(len(x1))], np.c_[x2, np.ones(len(x2))]
-    Ex1, Etx2 = h1 @ E.T, h2 @ E
-    num = np.sum(h2 * Ex1, 1) ** 2
-    den = Ex1[:, 0] ** 2 + Ex1[:, 1] ** 2 + Etx2[:, 0] ** 2 + Etx2[:, 1] ** 2
-    return np.sqrt(num / np.maximum(den, 1e-18)) * f
+    return essential(T21[:3, :3], T21[:3, 3]), T21
 
 
 def rigid3d(T: np.ndarray) -> pycolmap.Rigid3d:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import poselib
 
 from .camera import Camera
-from .geometry import rotation_error_deg
+from .geometry import essential, rotation_error_deg
 from .registration import RegistrationConfig, estimate_pose
 
 
@@ -61,21 +62,29 @@ def pose_auc(errors_deg: list[float] | np.ndarray, thresholds: tuple[float, ...]
 
 
 def epipolar_guide(kp0: np.ndarray, kp1: np.ndarray, cam0: Camera, cam1: Camera, thresh_px: float = 2.0):
-    """Guide for two images: the essential matrix of the current matches, and every keypoint
-    pair's Sampson distance to it (pixels at the cameras' mean focal length)."""
+    """Guide for two images: the relative pose of the current matches (PoseLib's five-point
+    LO-RANSAC: 24 ms for about 500 fox matches, where OpenCV's essential matrix took 56), and every
+    keypoint pair's Sampson distance to its epipolar geometry (pixels at the cameras' mean focal
+    length; float32, as the attention uses it)."""
     n0 = np.c_[cam0.normalize(kp0), np.ones(len(kp0))]
     n1 = np.c_[cam1.normalize(kp1), np.ones(len(kp1))]
-    f = np.mean([cam0.fx, cam0.fy, cam1.fx, cam1.fy])
+    f = float(np.mean([cam0.fx, cam0.fy, cam1.fx, cam1.fy]))
+    unit = poselib.Camera("PINHOLE", [1.0, 1.0, 0.0, 0.0], 1, 1)  # the points are already normalized
+    ransac = {"max_epipolar_error": thresh_px / f, "seed": 0}
 
     def guide(m: np.ndarray) -> np.ndarray | None:
-        E, _ = cv2.findEssentialMat(n0[m[:, 0], :2], n1[m[:, 1], :2], np.eye(3), method=cv2.RANSAC, prob=0.999,
-                                    threshold=thresh_px / f)
-        if E is None or E.shape != (3, 3):
+        pose, info = poselib.estimate_relative_pose(n0[m[:, 0], :2], n1[m[:, 1], :2], unit, unit, ransac, {})
+        if not np.any(info["inliers"]):
             return None
-        Ex0, Etx1 = n0 @ E.T, n1 @ E  # (N0, 3), (N1, 3)
-        num = (Ex0 @ n1.T) ** 2  # (x1^T E x0)^2
-        den = (Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2)[:, None] + (Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2)[None, :]
-        return (np.sqrt(num / np.maximum(den, 1e-18)) * f).astype(np.float32)
+        E = essential(pose.R, pose.t).astype(np.float32)
+        Ex0, Etx1 = n0.astype(np.float32) @ E.T, n1.astype(np.float32) @ E  # (N0, 3), (N1, 3)
+        d = Ex0 @ n1.astype(np.float32).T  # x1^T E x0
+        np.square(d, out=d)
+        d /= np.maximum((Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2)[:, None] + (Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2)[None, :],
+                        1e-30)
+        np.sqrt(d, out=d)
+        d *= f
+        return d
 
     return guide
 
@@ -102,8 +111,9 @@ def projection_guide(kp0: np.ndarray, xyz1: np.ndarray, cam0: Camera, conf: Regi
             return None
         T = est.T_camera_map
         uv, front = cam0.project(xyz1 @ T[:3, :3].T + T[:3, 3])
-        d = np.linalg.norm(kp0[:, None] - uv[None], axis=2)
+        k, uv = kp0.astype(np.float32), uv.astype(np.float32)
+        d = np.hypot(k[:, None, 0] - uv[None, :, 0], k[:, None, 1] - uv[None, :, 1])
         d[:, ~front] = 1e4
-        return np.nan_to_num(d, nan=1e4).astype(np.float32)
+        return np.nan_to_num(d, nan=1e4)
 
     return guide
