@@ -68,6 +68,7 @@ def epipolar_guide(kp0: np.ndarray, kp1: np.ndarray, cam0: Camera, cam1: Camera,
     length; float32, as the attention uses it)."""
     n0 = np.c_[cam0.normalize(kp0), np.ones(len(kp0))]
     n1 = np.c_[cam1.normalize(kp1), np.ones(len(kp1))]
+    n0f, n1f = n0.astype(np.float32), n1.astype(np.float32)
     f = float(np.mean([cam0.fx, cam0.fy, cam1.fx, cam1.fy]))
     unit = poselib.Camera("PINHOLE", [1.0, 1.0, 0.0, 0.0], 1, 1)  # the points are already normalized
     ransac = {"max_epipolar_error": thresh_px / f, "seed": 0}
@@ -77,8 +78,8 @@ def epipolar_guide(kp0: np.ndarray, kp1: np.ndarray, cam0: Camera, cam1: Camera,
         if not np.any(info["inliers"]):
             return None
         E = essential(pose.R, pose.t).astype(np.float32)
-        Ex0, Etx1 = n0.astype(np.float32) @ E.T, n1.astype(np.float32) @ E  # (N0, 3), (N1, 3)
-        d = Ex0 @ n1.astype(np.float32).T  # x1^T E x0
+        Ex0, Etx1 = n0f @ E.T, n1f @ E  # (N0, 3), (N1, 3)
+        d = Ex0 @ n1f.T  # x1^T E x0
         np.square(d, out=d)
         d /= np.maximum((Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2)[:, None] + (Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2)[None, :],
                         1e-30)
