@@ -9,6 +9,7 @@ from pram_ros.core.fine import FineConfig
 from pram_ros.core.flow import FlowConfig
 from pram_ros.core.localizer import Localizer, LocalizerConfig
 from pram_ros.core.map import MapError, load_map, save_map
+from pram_ros.core.sfm import covisible_pairs
 from pram_ros.core.synthetic import build_scene
 
 
@@ -30,6 +31,14 @@ def test_fine_layer_points_lie_on_the_scenes_surfaces(demo_map):
     err = np.abs(s[np.isfinite(s)] - 0.5)
     assert len(err) > 0.9 * len(s)
     assert np.median(err) < 0.015, np.median(err)
+
+
+def test_the_fine_layer_matches_the_images_that_share_coarse_points():
+    """Images 0-1 share two points, 1-2 one, 2-3 three, and image 4 none: exactly those pairs."""
+    obs = {0: (0, 1), 1: (0, 1), 2: (1, 2), 3: (2, 3), 4: (2, 3), 5: (2, 3), 6: (4,)}  # point: images
+    point = np.array([p for p, ims in obs.items() for _ in ims])
+    image = np.array([i for ims in obs.values() for i in ims])
+    assert covisible_pairs(point, image, 5) == [(0, 1), (1, 2), (2, 3)]
 
 
 def test_fine_layer_makes_the_demo_poses_several_times_more_precise(demo_map, demo_query_frames):

@@ -25,7 +25,7 @@ from .map import Baseline, FineLayer, PramMap, recover_interrupted, save_map
 from .params import Spec, setting, specs, validate
 from .recognition import RecognizerConfig
 from .training import TrainConfig, train, training_samples
-from .sfm import PoseAdjustment, SfmConfig, SfmInput, SfmResult, run_sfm
+from .sfm import PoseAdjustment, SfmConfig, SfmInput, SfmResult, covisible_pairs, run_sfm
 from .workdir import WorkDir, path_identity, stage_key
 
 log = logging.getLogger(__name__)
@@ -460,13 +460,17 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
     def fine_stage() -> tuple[dict, dict]:
         ids = sorted(T_cw)
         _bag_frames(bag, topics, conf, [kfs[i] for i in ids])
+        local = np.full(len(kfs), -1)
+        local[ids] = np.arange(len(ids))
+        seen = local[obs.image] >= 0
+        covisible = set(covisible_pairs(obs.point[seen], local[obs.image[seen]], len(ids)))
         f = build_fine_layer([kfs[i].image for i in ids], [kfs[i].camera for i in ids], [T_cw[i] for i in ids],
-                             conf.fine, progress)
+                             conf.fine, progress, covisible)
         return {"points": f.points, "descriptors": f.descriptors, "seen_along": f.seen_along}, {"features": f.features}
 
     fine = None
     if conf.fine.enabled:
-        a, meta = stages.run("fine", asdict(conf.fine), fine_stage)
+        a, meta = stages.run("fine", asdict(conf.fine) | {"pairs": "covisible"}, fine_stage)
         fine = FineLayer(a["points"], a["descriptors"], a["seen_along"], meta["features"])
 
     if distributed.rank() != 0:

@@ -72,11 +72,13 @@ class SelfBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, d = x.shape
-        qkv = self.Wqkv(x).unflatten(-1, (self.heads, -1, 3)).transpose(1, 2)  # (B, H, N, hd, 3)
-        q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]
-        # Contiguous heads: strided ones send attention down PyTorch's slow reference path on the
-        # CPU (5x slower at 1024 keypoints; bench/recognizer_profile.py).
-        q, k, v = _rotary(enc, q).contiguous(), _rotary(enc, k).contiguous(), v.contiguous()
+        # Wqkv's outputs interleave q, k and v per channel (h, d, 3). Each is projected by its own
+        # rows: slicing one (B, N, H, hd, 3) output instead cost three zero-filled copies of it in
+        # training's backward pass (a third of a step). Heads must be contiguous in their last
+        # dimension, or attention takes PyTorch's 5x slower reference path on the CPU.
+        w, bias = self.Wqkv.weight, self.Wqkv.bias
+        q, k, v = (F.linear(x, w[c::3], bias[c::3]).view(b, n, self.heads, -1).transpose(1, 2) for c in range(3))
+        q, k, v = _rotary(enc, q), _rotary(enc, k), v.contiguous()
         attn_mask = None if mask is None else mask[:, None, None, :]
         msg = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         msg = self.out(msg.transpose(1, 2).reshape(b, n, d))

@@ -118,6 +118,17 @@ def make_pairs(inputs: list[SfmInput], conf: SfmConfig) -> list[tuple[int, int]]
     return sorted(pairs)
 
 
+def covisible_pairs(point: np.ndarray, image: np.ndarray, n: int) -> list[tuple[int, int]]:
+    """The pairs of n images that share a point, from a reconstruction's observations (point index,
+    image index): the pairs worth matching again, e.g. with other features, once a map says which
+    images see the same scene."""
+    from scipy.sparse import csr_matrix
+
+    seen = csr_matrix((np.ones(len(point)), (image, point)), shape=(n, int(point.max(initial=-1)) + 1))
+    i, j = np.nonzero(np.triu((seen @ seen.T).toarray(), 1))
+    return list(zip(i.tolist(), j.tolist()))
+
+
 def _essential(T_c1_map: np.ndarray, T_c2_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     T21 = T_c2_map @ invert(T_c1_map)
     return essential(T21[:3, :3], T21[:3, 3]), T21
@@ -169,8 +180,10 @@ def match_all(inputs: list[SfmInput], pairs: list[tuple[int, int]], conf: SfmCon
 
 
 def run_sfm(inputs: list[SfmInput], conf: SfmConfig = SfmConfig(), workdir: Path | None = None,
-            progress=None, pixel_scale: float = 1.0, prior_sigma_m: float = 0.0) -> SfmResult:
+            progress=None, pixel_scale: float = 1.0, prior_sigma_m: float = 0.0,
+            among: set[tuple[int, int]] | None = None) -> SfmResult:
     """Triangulate with known poses when every input has one, else incremental mapping.
+    `among`: match only those of make_pairs's image pairs (i < j) that are also in this set.
     `pixel_scale` is image pixels per detector pixel (the detector may see a resized image).
     `prior_sigma_m` > 0: the poses are approximate, good to about that many metres; bundle
     adjustment refines them (see the module's docstring)."""
@@ -183,7 +196,7 @@ def run_sfm(inputs: list[SfmInput], conf: SfmConfig = SfmConfig(), workdir: Path
         tmp = Path(tmp)
         db_path = tmp / "database.db"
         cams, cam_of = _write_database(db_path, inputs)
-        pairs = make_pairs(inputs, conf)
+        pairs = [p for p in make_pairs(inputs, conf) if among is None or p in among]
         matches = match_all(inputs, pairs, conf, progress)
         log.info("%d pairs, %d with >= %d matches", len(pairs), len(matches), conf.min_matches)
         if not known:

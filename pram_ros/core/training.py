@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    keypoints_per_sample: int = 512
+    keypoints_per_sample: int = 512  # 384 trains in 0.6x the time with higher held-out landmark accuracy,
+    # but the demo map it trained no longer recognized one of test_node's frames (RESULTS.md, 2026-12-06)
     labelled_share: float = 0.7  # at most this share of a sample's keypoints carry a landmark label
     batch_size: int = 8
     steps: int = setting(0, "recognizer training steps (0: `epochs` passes over the training views, at least "
