@@ -122,11 +122,11 @@ def covisible_pairs(point: np.ndarray, image: np.ndarray, n: int) -> list[tuple[
     """The pairs of n images that share a point, from a reconstruction's observations (point index,
     image index): the pairs worth matching again, e.g. with other features, once a map says which
     images see the same scene."""
-    from scipy.sparse import csr_matrix
+    from scipy.sparse import csr_matrix, triu
 
     seen = csr_matrix((np.ones(len(point)), (image, point)), shape=(n, int(point.max(initial=-1)) + 1))
-    i, j = np.nonzero(np.triu((seen @ seen.T).toarray(), 1))
-    return list(zip(i.tolist(), j.tolist()))
+    i, j = triu(seen @ seen.T, k=1).nonzero()  # sparse: large sites have thousands of images
+    return sorted(zip(i.tolist(), j.tolist()))
 
 
 def _essential(T_c1_map: np.ndarray, T_c2_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
