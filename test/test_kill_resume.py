@@ -19,6 +19,7 @@ import pytest
 from pram_ros.core.build import BuildConfig, build_config, build_map
 from pram_ros.core.map import MapError, load_map, recover_interrupted, save_map
 from pram_ros.core.training import TrainConfig
+from pram_ros.core.workdir import STAGES
 
 STEPS = 30
 
@@ -98,6 +99,17 @@ def test_build_killed_in_training_resumes_at_training(small_bag, tmp_path):
     redo = build_map(small_bag, out, conf, progress=False, work_dir=work, from_stage="sfm")
     assert redo.resumed == ["frames", "features"]
     assert redo.points == summary.points and redo.landmarks == summary.landmarks  # the same map again
+
+
+def test_every_stage_can_be_redone_by_name(small_bag, first_map, tmp_path):
+    """--from-stage offers each stage the build runs, in its order; naming the fine layer redoes it
+    alone (the stages before it come from the work directory)."""
+    work = tmp_path / "work"
+    shutil.copytree(first_map.with_name(first_map.name + ".work"), work)
+    s = build_map(small_bag, tmp_path / "map", BuildConfig(train=TrainConfig(steps=STEPS)), progress=False,
+                  work_dir=work, from_stage="fine")
+    assert list(s.stage_seconds) == list(STAGES)
+    assert s.resumed == list(STAGES[:STAGES.index("fine")]) and s.fine_points > 0
 
 
 WRITER = """

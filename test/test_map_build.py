@@ -13,6 +13,7 @@ from pram_ros.core.localizer import Localizer
 from pram_ros.core.map import MapError, load_map, save_map
 from pram_ros.core.training import TrainConfig
 from pram_ros.core.features import FeatureConfig
+from pram_ros.core.fine import FineBuildConfig
 
 
 def _reprojection(m):
@@ -128,7 +129,8 @@ def test_the_same_map_on_a_busy_machine(small_bag, tmp_path):
     import subprocess
     import sys
 
-    conf = BuildConfig(train=TrainConfig(steps=20))  # the default safety cap, far away
+    # the default safety cap, far away; no fine layer (built after training, from the same images)
+    conf = BuildConfig(train=TrainConfig(steps=20), fine=FineBuildConfig(enabled=False))
     idle = build_map(small_bag, tmp_path / "idle", conf, progress=False)
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:

@@ -21,7 +21,7 @@ import numpy as np
 from .evaluation import write_atomic
 
 log = logging.getLogger(__name__)
-STAGES = ("frames", "features", "sfm", "landmarks", "training", "write")
+STAGES = ("frames", "features", "sfm", "landmarks", "training", "fine", "write")
 
 
 def stage_key(parent: str, settings: Any) -> str:
