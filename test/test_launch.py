@@ -212,13 +212,16 @@ def test_localize_launch_under_a_namespace(workspace, small_map, small_bag, doma
 def test_build_map_launch(workspace, small_bag, domain_id, tmp_path):
     env = dict(workspace["env"], ROS_DOMAIN_ID=str(domain_id))
     out = tmp_path / "map"
+    # the package's params file without the fine layer (what the build tests check, not the launch)
+    params = (ROOT / "config" / "map_builder.yaml").read_text().replace("fine: true", "fine: false")
+    (tmp_path / "params.yaml").write_text(params)
     peer = Peer(domain_id, "robot1")
     with launched(env, tmp_path, "build_map.launch.py", f"out:={out}", f"bag_path:={small_bag}", "steps:=20",
-                  "namespace:=robot1", peer=peer) as proc:
+                  "namespace:=robot1", f"params_file:={tmp_path / 'params.yaml'}", peer=peer) as proc:
         assert peer.spin(lambda: peer.status("map_builder").startswith(("done", "failed")), 300, tick_clock=False), \
             (tmp_path / "launch.log").read_text()[-3000:]
         assert peer.status("map_builder").startswith("done"), peer.status("map_builder")
-        assert (out / "manifest.json").is_file()
+        assert (out / "manifest.json").is_file() and not (out / "fine.npz").exists()  # the params file applied
         stop(proc, domain_id, tmp_path)
 
 

@@ -148,7 +148,7 @@ def test_the_same_map_on_a_busy_machine(small_bag, tmp_path):
 
 def test_time_cap_stops_training_with_a_warning(small_bag, tmp_path, caplog):
     """The time budget is a safety cap: when it stops training, the log, the summary and the map say so."""
-    conf = BuildConfig(train=TrainConfig(steps=1000, max_minutes=0.002))
+    conf = BuildConfig(train=TrainConfig(steps=1000, max_minutes=0.002), fine=FineBuildConfig(enabled=False))
     with caplog.at_level("WARNING"):
         s = build_map(small_bag, tmp_path / "m", conf, progress=False)
     assert s.recognition["stopped_by_time_cap"] and s.recognition["steps"] < 1000
