@@ -156,3 +156,27 @@ def test_time_cap_stops_training_with_a_warning(small_bag, tmp_path, caplog):
     assert "safety cap" in caplog.text and "stopped by the time cap" in s.table()
     manifest = json.loads((s.out / "manifest.json").read_text())
     assert "safety cap" in json.dumps(manifest)
+
+
+def test_a_large_images_training_variant_is_rendered_at_the_detectors_size():
+    """augment(max_side) shrinks a photograph before the variant is rendered, and its homography
+    still maps the original image's pixels onto the variant's (the training labels ride on it)."""
+    from pram_ros.core.training import augment
+
+    image = np.zeros((1080, 1920), np.uint8)
+    centres = np.array([[300.0, 200.0], [1600.0, 250.0], [960.0, 540.0], [400.0, 900.0], [1500.0, 850.0]])
+    for x, y in centres.astype(int):
+        image[y - 7:y + 8, x - 7:x + 8] = 255
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        variant, H = augment(image, rng, max_side=640)
+        assert max(variant.shape) <= 1.4 * 640  # the warp's scale change and skew, not 1920 px
+        q = np.c_[centres, np.ones(len(centres))] @ H.T
+        q = q[:, :2] / q[:, 2:]
+        for x, y in q:
+            lo_x, lo_y = int(x) - 8, int(y) - 8
+            patch = variant[max(lo_y, 0):lo_y + 17, max(lo_x, 0):lo_x + 17].astype(float)
+            patch = np.clip(patch - np.median(variant), 0, None) ** 2  # the square, not the noise around it
+            yy, xx = np.mgrid[:patch.shape[0], :patch.shape[1]]
+            seen = np.array([(xx * patch).sum(), (yy * patch).sum()]) / patch.sum() + [max(lo_x, 0), max(lo_y, 0)]
+            assert np.linalg.norm(seen - [x, y]) < 1.0, (seen, (x, y))
