@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pram_ros.core.build import BuildConfig, build_config, build_map
+from pram_ros.core.build import BuildConfig, Stages, build_config, build_map
 from pram_ros.core.map import MapError, load_map, recover_interrupted, save_map
 from pram_ros.core.training import TrainConfig
-from pram_ros.core.workdir import STAGES
+from pram_ros.core.workdir import STAGE_VERSIONS, STAGES, WorkDir
 
 STEPS = 30
 
@@ -110,6 +110,24 @@ def test_every_stage_can_be_redone_by_name(small_bag, first_map, tmp_path):
                   work_dir=work, from_stage="fine")
     assert list(s.stage_seconds) == list(STAGES)
     assert s.resumed == list(STAGES[:STAGES.index("fine")]) and s.fine_points > 0
+
+
+def test_a_stage_whose_format_changed_is_redone_with_the_stages_after_it(tmp_path, monkeypatch):
+    """A work directory from before a stage's code changed: that stage and the later ones are
+    redone, the earlier ones resumed (same settings throughout)."""
+    computed: list[str] = []
+
+    def build() -> list[str]:
+        stages = Stages(WorkDir(tmp_path), None)
+        for name in STAGES[:4]:
+            stages.run(name, {"same": "settings"}, lambda name=name: (computed.append(name) or {"x": np.zeros(2)}, {}))
+        return stages.resumed
+
+    build()
+    assert build() == list(STAGES[:4]) and computed == list(STAGES[:4])
+    monkeypatch.setitem(STAGE_VERSIONS, STAGES[2], STAGE_VERSIONS[STAGES[2]] + 1)
+    computed.clear()
+    assert build() == list(STAGES[:2]) and computed == list(STAGES[2:4])
 
 
 WRITER = """

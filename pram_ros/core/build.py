@@ -307,7 +307,7 @@ class Stages:
 
         Under torchrun rank 0 decides and stores; a `split` stage is computed by every rank (its
         `compute` shares the work), another by rank 0 alone while the others wait and then load it."""
-        self.key = stage_key(self.key, settings)
+        self.key = stage_key(self.key, stage, settings)
         t = time.monotonic()
         stored = self.work.load(stage, self.key) if distributed.rank() == 0 else None
         if distributed.from_rank0(stored is not None):
@@ -470,7 +470,7 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
 
     fine = None
     if conf.fine.enabled:
-        a, meta = stages.run("fine", asdict(conf.fine) | {"pairs": "covisible"}, fine_stage)
+        a, meta = stages.run("fine", asdict(conf.fine), fine_stage)
         fine = FineLayer(a["points"], a["descriptors"], a["seen_along"], meta["features"])
 
     if distributed.rank() != 0:

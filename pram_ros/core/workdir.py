@@ -21,12 +21,16 @@ import numpy as np
 from .evaluation import write_atomic
 
 log = logging.getLogger(__name__)
-STAGES = ("frames", "features", "sfm", "landmarks", "training", "fine", "write")
+# The stages in order, each with its format: raise a stage's number when the code changes what the
+# stage computes or stores, so that the work directories of earlier builds redo it (and what follows).
+STAGE_VERSIONS = {"frames": 1, "features": 1, "sfm": 1, "landmarks": 1, "training": 1, "fine": 2, "write": 1}
+STAGES = tuple(STAGE_VERSIONS)
 
 
-def stage_key(parent: str, settings: Any) -> str:
-    """The key of a stage: its parent stage's key and its own settings (anything JSON can write)."""
-    text = json.dumps([parent, settings], sort_keys=True, default=str)
+def stage_key(parent: str, stage: str, settings: Any) -> str:
+    """The key of a stage: its parent stage's key, its format and its own settings (anything JSON
+    can write)."""
+    text = json.dumps([parent, stage, STAGE_VERSIONS[stage], settings], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
