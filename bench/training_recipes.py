@@ -21,7 +21,7 @@ import numpy as np
 import pram_ros  # noqa: F401  (before pycolmap: see README, Known issues)
 from pram_ros.core.bag import BagReader
 from pram_ros.core.build import BuildConfig, build_map
-from pram_ros.core.evaluation import errors
+from pram_ros.core.evaluation import THRESHOLDS, errors
 from pram_ros.core.fine import FineBuildConfig, FineConfig
 from pram_ros.core.localizer import Localizer, LocalizerConfig
 from pram_ros.core.training import TrainConfig
@@ -37,12 +37,13 @@ def train_config(spec: str) -> TrainConfig:
 def relocalize(map_dir: Path, query: Path, group: int) -> tuple[float, float]:
     """(recall at 0.25 m / 2 deg, share localized by the first `group` landmarks tried)."""
     loc = Localizer(map_dir, LocalizerConfig(tracking=False, fine=FineConfig(enabled=False)))
+    max_t, max_r = THRESHOLDS["0.25m_2deg"]
     ok, first = [], []
     with BagReader(query) as reader:
         for f in reader.frames():
             res = loc.localize(f.image, f.camera, use_tracking=False)
             t, r = errors(res.T_map_camera, f.T_map_camera) if res.success else (np.inf, np.inf)
-            ok.append(t < 0.25 and r < 2)
+            ok.append(t <= max_t and r <= max_r)  # as evaluation.summarize counts recall
             first.append(ok[-1] and len(res.tried) <= group)
     return float(np.mean(ok)), float(np.mean(first))
 
