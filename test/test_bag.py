@@ -89,6 +89,21 @@ def test_camera_models_round_trip_and_project(tmp_path, images, model):
     assert cam.to_pycolmap().model.name in {"OPENCV", "FULL_OPENCV", "OPENCV_FISHEYE"}
 
 
+@pytest.mark.parametrize("model", sorted(CAMERAS))
+def test_projection_is_opencvs(model):
+    """Camera.project (numpy) gives OpenCV's projectPoints pixels, points behind the camera left out."""
+    import cv2
+
+    cam = CAMERAS[model]
+    pts = np.random.default_rng(1).uniform([-4.0, -3.0, -1.0], [4.0, 3.0, 6.0], (2000, 3))
+    uv, front = cam.project(pts)
+    assert np.array_equal(front, pts[:, 2] > 1e-6) and np.isnan(uv[~front]).all()
+    obj, zero = pts[front].reshape(-1, 1, 3), np.zeros(3)
+    fisheye = model == "equidistant"
+    ref, _ = (cv2.fisheye if fisheye else cv2).projectPoints(obj, zero, zero, cam.K, np.array(cam.D))
+    assert np.allclose(uv[front], ref.reshape(-1, 2), rtol=1e-9, atol=1e-6)  # (points near z = 0 land far out)
+
+
 def test_missing_topic_error_names_available_topics(tmp_path, images):
     with BagWriter(tmp_path / "b") as w:
         w.write_image(S, images[0], DEMO_CAMERA, "cam")
