@@ -191,12 +191,14 @@ class SiftExtractor(Extractor):
         kps, desc = self.sift.detectAndCompute(gray, None)
         if desc is None or not kps:
             return torch.zeros((0, 2)), torch.zeros((0, self.dim)), torch.zeros(0)
-        order = np.argsort([-k.response for k in kps])
-        # SIFT repeats a keypoint per dominant orientation: keep the strongest of each location.
-        _, first = np.unique(np.array([kps[i].pt for i in order], np.float32), axis=0, return_index=True)
+        xy = cv2.KeyPoint_convert(kps)  # (N, 2) float32, without a Python loop
+        response = np.array([k.response for k in kps])
+        order = np.argsort(-response)
+        # SIFT repeats a keypoint per dominant orientation: keep the strongest of each location (a
+        # location's two float32 coordinates compared as one 64-bit number).
+        _, first = np.unique(np.ascontiguousarray(xy[order]).view(np.int64).ravel(), return_index=True)
         order = order[np.sort(first)][: self.conf.max_keypoints]
-        pts = np.array([kps[i].pt for i in order], np.float32)
-        resp = np.array([kps[i].response for i in order], np.float32)
+        pts, resp = xy[order], response[order].astype(np.float32)
         d = desc[order].astype(np.float32)
         d = np.sqrt(d / np.maximum(d.sum(1, keepdims=True), 1e-9))
         dev = self.device
