@@ -108,6 +108,16 @@ def build_fine_layer(images: list[np.ndarray], cameras: list[Camera], T_cw: list
 
 
 @dataclass
+class FineView:
+    """The fine points in view of a pose and where they project: the part of a fine fit that needs
+    no query keypoints, so the localizer computes it while the query's SIFT is still running."""
+
+    points: np.ndarray  # (P,) the points in front of the camera
+    uv: np.ndarray  # (P, 2) their projections
+    tree: cKDTree  # over uv
+
+
+@dataclass
 class FineFit:
     """A pose fit to the fine layer, with the matches it was fit to."""
 
@@ -145,21 +155,32 @@ class FineRegistration:
         n = self.conf.track_keypoints if tracking else self.conf.max_keypoints
         return self.extractors[n](image).numpy()
 
+    def view(self, T_camera_map: np.ndarray, camera: Camera, points: np.ndarray | None = None) -> FineView:
+        """The fine points in view of `T_camera_map` (or those of `points` in front of it) and their projections."""
+        T = T_camera_map
+        cand = self.in_view(T, camera) if points is None else points
+        uv, front = camera.project(self.points[cand] @ T[:3, :3].T + T[:3, 3])
+        return FineView(cand[front], uv[front], cKDTree(uv[front]))
+
     def fit(self, sift: tuple[np.ndarray, np.ndarray], camera: Camera, T_camera_map: np.ndarray,
-            coarse_px: float, first_px: float = 0.0,
-            first_points: np.ndarray | None = None) -> tuple[FineFit | None, str]:
+            coarse_px: float, first_px: float = 0.0, first_points: np.ndarray | None = None,
+            view: FineView | None = None) -> tuple[FineFit | None, str]:
         """(the pose fit from `T_camera_map`, "") or (None, why not): the keypoints matched to the
         points in view within `search_px` coarse detector pixels (`coarse_px` image pixels each) of
         their projections, and the pose by RANSAC over those matches. With `first_px` (tracking: the
         predicted pose may be far off), a RANSAC pass over `first_points` (the last frame's inliers;
-        default: every point in view) matched within `first_px` comes first."""
+        default: every point in view) matched within `first_px` comes first. `view`: this pose's
+        `view`, when already computed (only without a first pass, which moves the pose)."""
         T = T_camera_map
         if first_px:
-            first = self._ransac(sift, camera, T, first_px, first_px / 2, first_points)
+            if view is not None:
+                raise ValueError("a view of the starting pose does not hold after a first pass")
+            first = self._ransac(sift, camera, self.view(T, camera, first_points), first_px, first_px / 2)
             if isinstance(first, str):
                 return None, first
             T = first.T_camera_map
-        return self._finish(self._ransac(sift, camera, T, self.conf.search_px * coarse_px, self.conf.ransac_px),
+        view = view or self.view(T, camera)
+        return self._finish(self._ransac(sift, camera, view, self.conf.search_px * coarse_px, self.conf.ransac_px),
                             camera)
 
     def _finish(self, fit: FineFit | str, camera: Camera) -> tuple[FineFit | None, str]:
@@ -170,16 +191,15 @@ class FineRegistration:
         reason = check(PoseEstimate(fit.T_camera_map, fit.inliers), fit.uv, camera, self.registration)
         return (None, f"fine fit: {reason}") if reason else (fit, "")
 
-    def _ransac(self, sift: tuple[np.ndarray, np.ndarray], camera: Camera, T: np.ndarray, radius: float,
-                thresh_px: float, points: np.ndarray | None = None) -> FineFit | str:
-        """A pose by RANSAC at `thresh_px` from the matches of `points` (default: all in view) within
-        `radius` of their projections under T, or why there is none."""
+    def _ransac(self, sift: tuple[np.ndarray, np.ndarray], camera: Camera, view: FineView, radius: float,
+                thresh_px: float) -> FineFit | str:
+        """A pose by RANSAC at `thresh_px` from the matches of the points in `view` within `radius` of
+        their projections, or why there is none."""
         kp, desc = sift
         need = self.registration.min_inliers
-        cand = self.in_view(T, camera) if points is None else points
-        if len(kp) < need or len(cand) < need:
-            return f"{len(kp)} SIFT keypoints, {len(cand)} fine points in view"
-        q, p = self._match(kp, desc, cand, T, camera, radius)
+        if len(kp) < need or len(view.points) < need:
+            return f"{len(kp)} SIFT keypoints, {len(view.points)} fine points in view"
+        q, p = self._match(kp, desc, view, radius)
         if len(q) < need:
             return f"{len(q)} fine matches within {radius:.1f} px"
         return self._pose(q, p, kp[q], camera, thresh_px)
@@ -217,14 +237,12 @@ class FineRegistration:
             return fit
         return replace(fit, T_camera_map=T, inliers=reprojection_errors(T, fit.uv, fit.xyz, camera) < thresh)
 
-    def _match(self, kp: np.ndarray, desc: np.ndarray, cand: np.ndarray, T: np.ndarray, camera: Camera,
-               radius: float) -> tuple[np.ndarray, np.ndarray]:
-        """(keypoint, point) pairs: for each fine point projecting in the image, the keypoint within
-        `radius` px whose descriptor is nearest (ratio test among them), one point per keypoint."""
+    def _match(self, kp: np.ndarray, desc: np.ndarray, view: FineView, radius: float) -> tuple[np.ndarray, np.ndarray]:
+        """(keypoint, point) pairs: for each fine point of `view`, the keypoint within `radius` px of
+        its projection whose descriptor is nearest (ratio test among them), one point per keypoint."""
         c = self.conf
-        uv, front = camera.project(self.points[cand] @ T[:3, :3].T + T[:3, 3])
-        pts = cand[front]
-        near = cKDTree(uv[front]).sparse_distance_matrix(cKDTree(kp), radius, output_type="coo_matrix")
+        pts = view.points
+        near = view.tree.sparse_distance_matrix(cKDTree(kp), radius, output_type="coo_matrix")
         i, k = near.row, near.col  # index into pts, keypoint
         if len(i) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)

@@ -28,7 +28,7 @@ import torch
 
 from .camera import Camera
 from .features import FeatureConfig, Features, make_extractor
-from .fine import FineConfig, FineFit, FineRegistration
+from .fine import FineConfig, FineFit, FineRegistration, FineView
 from .flow import FlowConfig, FlowTracker
 from .geometry import extrapolate, invert
 from .images import to_gray
@@ -315,11 +315,12 @@ class Localizer:
                 res.keypoints = kp
                 if res.success and self.fine is not None:
                     with self._timer(times, "fine"):
+                        view = self.fine.view(res.T_camera_map, camera)  # while SIFT may still run
                         # after a failed fine track, its 1024 keypoints serve the re-fit too: that frame
                         # already paid for XFeat and recognition, and the next one tracks again
                         if sift is None:
                             sift = pending.result() if pending is not None else self.fine.extract(image)
-                        self._fine(res, sift, camera, feats)
+                        self._fine(res, sift, camera, feats, view)
             finally:
                 if pending is not None:
                     pending.result()
@@ -517,11 +518,12 @@ class Localizer:
         return res
 
     def _fine(self, res: LocalizationResult, sift: tuple[np.ndarray, np.ndarray], camera: Camera,
-              feats: Features) -> None:
-        """The coarse pose re-fit to the fine layer when that fit holds and keeps the coarse inliers on
-        their keypoints (a fit to the wrong points moves them all); else it stays as it is."""
+              feats: Features, view: FineView) -> None:
+        """The coarse pose re-fit to the fine layer (`view`: its points in view of the coarse pose)
+        when that fit holds and keeps the coarse inliers on their keypoints (a fit to the wrong points
+        moves them all); else it stays as it is."""
         px = self.feature_conf.pixels_per_detector_pixel(*feats.image_size)
-        fit, res.fine_reason = self.fine.fit(sift, camera, res.T_camera_map, px)
+        fit, res.fine_reason = self.fine.fit(sift, camera, res.T_camera_map, px, view=view)
         if fit is not None:
             shift = float(np.median(reprojection_errors(fit.T_camera_map, res.inlier_uv, res.inlier_xyz, camera))) / px
             if shift > self.conf.fine.max_coarse_shift_px:
