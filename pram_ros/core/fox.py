@@ -48,8 +48,9 @@ def load_fox(root: str | Path) -> tuple[Camera, list[FoxFrame]]:
 
 
 def fox_to_bags(root: str | Path, out_dir: str | Path, query_every: int = 5, storage: str = "sqlite3",
-                period_s: float = 0.5) -> dict[str, Path]:
-    """Write out_dir/fox_map and out_dir/fox_query; every query_every-th present image is a query.
+                period_s: float = 0.5, query_phase: int = 0) -> dict[str, Path]:
+    """Write out_dir/fox_map and out_dir/fox_query; every query_every-th present image is a query
+    (shifted by `query_phase` images: phases 0 .. query_every - 1 make every image a query once).
 
     Images travel as their original JPEG bytes on the compressed topic (no re-encoding).
     """
@@ -61,7 +62,7 @@ def fox_to_bags(root: str | Path, out_dir: str | Path, query_every: int = 5, sto
             BagWriter(paths["query"], storage=storage, overwrite=True) as q:
         for i, fr in enumerate(frames):
             ns = 1_000_000_000 + int(round(i * period_s * 1e9))
-            bag = q if (i + 1) % query_every == 0 else m
+            bag = q if (i + 1 + query_phase) % query_every == 0 else m
             bag.write_compressed_bytes(ns, fr.path.read_bytes(), "jpeg", camera, FOX_FRAME)
             bag.write_pose(ns, fr.T_map_camera)
     return paths
