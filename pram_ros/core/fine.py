@@ -113,8 +113,7 @@ class FineView:
     no query keypoints, so the localizer computes it while the query's SIFT is still running."""
 
     points: np.ndarray  # (P,) the points in front of the camera
-    uv: np.ndarray  # (P, 2) their projections
-    tree: cKDTree  # over uv
+    tree: cKDTree  # over their projections
 
 
 @dataclass
@@ -160,7 +159,7 @@ class FineRegistration:
         T = T_camera_map
         cand = self.in_view(T, camera) if points is None else points
         uv, front = camera.project(self.points[cand] @ T[:3, :3].T + T[:3, 3])
-        return FineView(cand[front], uv[front], cKDTree(uv[front]))
+        return FineView(cand[front], cKDTree(uv[front]))
 
     def fit(self, sift: tuple[np.ndarray, np.ndarray], camera: Camera, T_camera_map: np.ndarray,
             coarse_px: float, first_px: float = 0.0, first_points: np.ndarray | None = None,
