@@ -8,9 +8,9 @@ without a classic pipeline's search:
   found for them (no new reconstruction), points seen in at least three images kept with one
   medoid descriptor each;
 - **query**: once the coarse pose is known, SIFT keypoints of the query are matched only to the
-  fine points that project within a few pixels of them; the pose is fit to those matches by
-  RANSAC, as a classic pipeline's last step, then re-fit to the matches within three times the
-  keypoint noise its inliers show. A fit that does not hold (too few matches, bunched, or one
+  fine points that project within a few pixels of them; the coarse pose is re-fit to those
+  matches (they were chosen by their agreement with it: RANSAC over them would only find it
+  again), then to the matches within three times the keypoint noise its inliers show. A fit that does not hold (too few matches, bunched, or one
   that moves the coarse inliers off their keypoints) leaves the coarse pose as it was.
 """
 from __future__ import annotations
@@ -67,8 +67,9 @@ class FineConfig:
     # last pose's inliers guide it (4096 halved its rate on the demo, bench/RESULTS.md, 2026-12-03)
     search_px: float = 4.0  # in the coarse detector's pixels: how far from its projection under the
     # coarse pose a fine point's keypoint may lie (the coarse pose is good to about its keypoints' noise)
-    ransac_px: float = setting(4.0, "PnP RANSAC threshold of the fine fit [image px]", range=(0.5, 50.0))
-    # PoseLib's LO-RANSAC over those matches, as in the classic pipeline: a few times real keypoint noise
+    ransac_px: float = setting(4.0, "inlier threshold of the fine fit (its re-fit and RANSAC passes) [image px]",
+                               range=(0.5, 50.0))
+    # as a classic pipeline's RANSAC threshold: a few times real keypoint noise
     # (fox's SIFT residuals: about 1.5 px; rendered images': 0.4), so no good match is left out. A fixed
     # 1.5 px last pass truncated real images' noise and held the pose near its start; the last pass's
     # threshold now follows the noise the inliers show (bench/RESULTS.md, 2026-12-03)
@@ -166,42 +167,71 @@ class FineRegistration:
             view: FineView | None = None) -> tuple[FineFit | None, str]:
         """(the pose fit from `T_camera_map`, "") or (None, why not): the keypoints matched to the
         points in view within `search_px` coarse detector pixels (`coarse_px` image pixels each) of
-        their projections, and the pose by RANSAC over those matches. With `first_px` (tracking: the
-        predicted pose may be far off), a RANSAC pass over `first_points` (the last frame's inliers;
-        default: every point in view) matched within `first_px` comes first. `view`: this pose's
-        `view`, when already computed (only without a first pass, which moves the pose)."""
-        T = T_camera_map
-        if first_px:
-            if view is not None:
-                raise ValueError("a view of the starting pose does not hold after a first pass")
-            first = self._ransac(sift, camera, self.view(T, camera, first_points), first_px, first_px / 2)
-            if isinstance(first, str):
-                return None, first
-            T = first.T_camera_map
-        view = view or self.view(T, camera)
-        return self._finish(self._ransac(sift, camera, view, self.conf.search_px * coarse_px, self.conf.ransac_px),
-                            camera)
+        their projections, and the pose re-fit to those matches from `T_camera_map` (a confirmed
+        coarse pose). With `first_px` (tracking: the predicted pose may be far off), a RANSAC pass
+        over `first_points` (the last frame's inliers; default: every point in view) matched within
+        `first_px` comes first, and the pose is found by RANSAC over the matches of its pose too: a
+        re-fit from that looser pose left flow tracking 1.15x less precise than SIFT tracking
+        instead of 1.07x (bench/RESULTS.md, 2026-12-06). `view`: this pose's `view`, when already
+        computed (only without a first pass, which moves the pose)."""
+        radius = self.conf.search_px * coarse_px
+        if not first_px:
+            return self._finish(self._refit(sift, camera, view or self.view(T_camera_map, camera), radius,
+                                            T_camera_map), camera)
+        if view is not None:
+            raise ValueError("a view of the starting pose does not hold after a first pass")
+        first = self._ransac(sift, camera, self.view(T_camera_map, camera, first_points), first_px, first_px / 2)
+        if isinstance(first, str):
+            return None, first
+        return self._finish(self._ransac(sift, camera, self.view(first.T_camera_map, camera), radius,
+                                         self.conf.ransac_px), camera)
 
     def _finish(self, fit: FineFit | str, camera: Camera) -> tuple[FineFit | None, str]:
-        """The RANSAC fit tightened and held to the acceptance rules."""
+        """The fit tightened and held to the acceptance rules."""
         if isinstance(fit, str):
             return None, fit
         fit = self._tighten(fit, camera)
         reason = check(PoseEstimate(fit.T_camera_map, fit.inliers), fit.uv, camera, self.registration)
         return (None, f"fine fit: {reason}") if reason else (fit, "")
 
-    def _ransac(self, sift: tuple[np.ndarray, np.ndarray], camera: Camera, view: FineView, radius: float,
-                thresh_px: float) -> FineFit | str:
-        """A pose by RANSAC at `thresh_px` from the matches of the points in `view` within `radius` of
-        their projections, or why there is none."""
+    def _matches(self, sift: tuple[np.ndarray, np.ndarray], view: FineView,
+                 radius: float) -> tuple[np.ndarray, np.ndarray] | str:
+        """(keypoints, fine points) of `_match`, or why there are too few to fit a pose."""
         kp, desc = sift
         need = self.registration.min_inliers
         if len(kp) < need or len(view.points) < need:
             return f"{len(kp)} SIFT keypoints, {len(view.points)} fine points in view"
         q, p = self._match(kp, desc, view, radius)
-        if len(q) < need:
-            return f"{len(q)} fine matches within {radius:.1f} px"
-        return self._pose(q, p, kp[q], camera, thresh_px)
+        return (q, p) if len(q) >= need else f"{len(q)} fine matches within {radius:.1f} px"
+
+    def _ransac(self, sift: tuple[np.ndarray, np.ndarray], camera: Camera, view: FineView, radius: float,
+                thresh_px: float) -> FineFit | str:
+        """A pose by RANSAC at `thresh_px` from the matches of the points in `view` within `radius` of
+        their projections, or why there is none."""
+        m = self._matches(sift, view, radius)
+        return m if isinstance(m, str) else self._pose(*m, sift[0][m[0]], camera, thresh_px)
+
+    def _refit(self, sift: tuple[np.ndarray, np.ndarray], camera: Camera, view: FineView, radius: float,
+               T_camera_map: np.ndarray) -> FineFit | str:
+        """The pose `view` was made from, re-fit to the matches within `radius` of its projections
+        (Cauchy loss), then to those within `ransac_px` of the result, or why there is none. The
+        matches were chosen by their agreement with that pose, so RANSAC over them only finds it again:
+        the re-fit gives the same poses at a third of the cost (bench/RESULTS.md, 2026-12-06)."""
+        m = self._matches(sift, view, radius)
+        if isinstance(m, str):
+            return m
+        q, p = m
+        uv, xyz, T = sift[0][q], self.points[p], T_camera_map
+        need, thresh = self.registration.min_inliers, radius
+        for _ in range(2):
+            near = reprojection_errors(T, uv, xyz, camera) < thresh
+            if near.sum() < need:
+                return f"fine re-fit: {near.sum()} matches within {thresh:.1f} px < {need}"
+            T = refine_pose(T, uv[near], xyz[near], camera, loss_scale_px=self.conf.ransac_px / 2)
+            if T is None:
+                return "fine re-fit did not converge"
+            thresh = self.conf.ransac_px
+        return FineFit(T, q, p, uv, xyz, reprojection_errors(T, uv, xyz, camera) < thresh)
 
     def _pose(self, q: np.ndarray, p: np.ndarray, uv: np.ndarray, camera: Camera, thresh_px: float) -> FineFit | str:
         """The pose by RANSAC at `thresh_px` over keypoints `q` at `uv` matched to fine points `p`."""
