@@ -158,8 +158,8 @@ class XFeatExtractor(Extractor):
         self.model.net.load_state_dict(state)
         self.model.net.to(self.device).eval()
         if self.device.type == "cpu":
-            # oneDNN's convolutions are 1.6x faster on channels-last activations: the network took 12.4
-            # against 19.4 ms at 640x480 on 2 cores, outputs equal to 2e-5 (bench/RESULTS.md, 2026-12-06)
+            # oneDNN's convolutions are 1.4x faster on channels-last activations: the network took 11.3
+            # against 16.1 ms at 640x480 on 2 cores, outputs equal to 2e-5 (bench/RESULTS.md, 2026-12-06)
             self.model.net.to(memory_format=torch.channels_last)
         self.model.dev = self.device
         self.threshold = conf.detection_threshold or 0.05

@@ -10,8 +10,9 @@ without a classic pipeline's search:
 - **query**: once the coarse pose is known, SIFT keypoints of the query are matched only to the
   fine points that project within a few pixels of them; the coarse pose is re-fit to those
   matches (they were chosen by their agreement with it: RANSAC over them would only find it
-  again), then to the matches within three times the keypoint noise its inliers show. A fit that does not hold (too few matches, bunched, or one
-  that moves the coarse inliers off their keypoints) leaves the coarse pose as it was.
+  again), then to the matches within three times the keypoint noise its inliers show. A fit
+  that does not hold (too few matches, bunched, or one that moves the coarse inliers off their
+  keypoints) leaves the coarse pose as it was.
 """
 from __future__ import annotations
 
@@ -216,7 +217,7 @@ class FineRegistration:
         """The pose `view` was made from, re-fit to the matches within `radius` of its projections
         (Cauchy loss), then to those within `ransac_px` of the result, or why there is none. The
         matches were chosen by their agreement with that pose, so RANSAC over them only finds it again:
-        the re-fit gives the same poses at a third of the cost (bench/RESULTS.md, 2026-12-06)."""
+        the re-fit gives the same poses at half the cost (bench/RESULTS.md, 2026-12-06)."""
         m = self._matches(sift, view, radius)
         if isinstance(m, str):
             return m
