@@ -214,7 +214,7 @@ class FineRegistration:
 
     def _refit(self, sift: tuple[np.ndarray, np.ndarray], camera: Camera, view: FineView, radius: float,
                T_camera_map: np.ndarray) -> FineFit | str:
-        """The pose `view` was made from, re-fit to the matches within `radius` of its projections
+        """The pose `view` was made from, re-fit to its matches within `radius` of their projections
         (Cauchy loss), then to those within `ransac_px` of the result, or why there is none. The
         matches were chosen by their agreement with that pose, so RANSAC over them only finds it again:
         the re-fit gives the same poses at half the cost (bench/RESULTS.md, 2026-12-06)."""
@@ -222,17 +222,17 @@ class FineRegistration:
         if isinstance(m, str):
             return m
         q, p = m
-        uv, xyz, T = sift[0][q], self.points[p], T_camera_map
-        need, thresh = self.registration.min_inliers, radius
-        for _ in range(2):
-            near = reprojection_errors(T, uv, xyz, camera) < thresh
-            if near.sum() < need:
-                return f"fine re-fit: {near.sum()} matches within {thresh:.1f} px < {need}"
-            T = refine_pose(T, uv[near], xyz[near], camera, loss_scale_px=self.conf.ransac_px / 2)
-            if T is None:
-                return "fine re-fit did not converge"
-            thresh = self.conf.ransac_px
-        return FineFit(T, q, p, uv, xyz, reprojection_errors(T, uv, xyz, camera) < thresh)
+        uv, xyz, loss = sift[0][q], self.points[p], self.conf.ransac_px / 2
+        T = refine_pose(T_camera_map, uv, xyz, camera, loss_scale_px=loss)  # every match lies within radius
+        if T is None:
+            return "fine re-fit did not converge"
+        near = reprojection_errors(T, uv, xyz, camera) < self.conf.ransac_px
+        if near.sum() < self.registration.min_inliers:
+            return f"fine re-fit: {near.sum()} matches within {self.conf.ransac_px:.1f} px"
+        T = refine_pose(T, uv[near], xyz[near], camera, loss_scale_px=loss)
+        if T is None:
+            return "fine re-fit did not converge"
+        return FineFit(T, q, p, uv, xyz, reprojection_errors(T, uv, xyz, camera) < self.conf.ransac_px)
 
     def _pose(self, q: np.ndarray, p: np.ndarray, uv: np.ndarray, camera: Camera, thresh_px: float) -> FineFit | str:
         """The pose by RANSAC at `thresh_px` over keypoints `q` at `uv` matched to fine points `p`."""
