@@ -131,9 +131,20 @@ def pooled(rows: list[dict]) -> None:
         return
     (pt, pr), (rt, rr) = np.median(pairs, 0)
     better = (pairs[:, 0, 1] < pairs[:, 1, 1]).sum()
+    (t_lo, r_lo), (t_hi, r_hi) = ratio_interval(pairs)
     print(f"fox, {len(folds)} folds pooled, {len(pairs)} frames both localized: PRAM {pt:.4f} / {pr:.4f} deg, "
-          f"reference {rt:.4f} / {rr:.4f} deg; ratio translation {pt / rt:.2f}x, rotation {pr / rr:.2f}x "
-          f"(goal <= 1.1x); PRAM's rotation error lower on {better} of {len(pairs)} frames")
+          f"reference {rt:.4f} / {rr:.4f} deg; ratio translation {pt / rt:.2f}x (90% interval {t_lo:.2f}-{t_hi:.2f}), "
+          f"rotation {pr / rr:.2f}x ({r_lo:.2f}-{r_hi:.2f}) (goal <= 1.1x); PRAM's rotation error lower on "
+          f"{better} of {len(pairs)} frames")
+
+
+def ratio_interval(pairs: np.ndarray, draws: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """90% bootstrap interval of PRAM's / the reference's median errors (translation, rotation),
+    frames resampled in pairs: how far the pooled ratio can be trusted on this many frames."""
+    rng = np.random.default_rng(0)
+    med = np.stack([np.median(pairs[rng.integers(0, len(pairs), len(pairs))], 0) for _ in range(draws)])
+    ratios = med[:, 0] / med[:, 1]  # (draws, t / r)
+    return np.percentile(ratios, 5, axis=0), np.percentile(ratios, 95, axis=0)
 
 
 if __name__ == "__main__":
