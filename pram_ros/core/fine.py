@@ -196,14 +196,14 @@ class FineRegistration:
         reason = check(PoseEstimate(fit.T_camera_map, fit.inliers), fit.uv, camera, self.registration)
         return (None, f"fine fit: {reason}") if reason else (fit, "")
 
-    def _matches(self, sift: tuple[np.ndarray, np.ndarray], view: FineView,
-                 radius: float) -> tuple[np.ndarray, np.ndarray] | str:
+    def _matches(self, sift: tuple[np.ndarray, np.ndarray], view: FineView, radius: float,
+                 both_sides: bool = False) -> tuple[np.ndarray, np.ndarray] | str:
         """(keypoints, fine points) of `_match`, or why there are too few to fit a pose."""
         kp, desc = sift
         need = self.registration.min_inliers
         if len(kp) < need or len(view.points) < need:
             return f"{len(kp)} SIFT keypoints, {len(view.points)} fine points in view"
-        q, p = self._match(kp, desc, view, radius)
+        q, p = self._match(kp, desc, view, radius, both_sides)
         return (q, p) if len(q) >= need else f"{len(q)} fine matches within {radius:.1f} px"
 
     def _ransac(self, sift: tuple[np.ndarray, np.ndarray], camera: Camera, view: FineView, radius: float,
@@ -219,7 +219,7 @@ class FineRegistration:
         (Cauchy loss), then to those within `ransac_px` of the result, or why there is none. The
         matches were chosen by their agreement with that pose, so RANSAC over them only finds it again:
         the re-fit gives the same poses at half the cost (bench/RESULTS.md, 2026-12-06)."""
-        m = self._matches(sift, view, radius)
+        m = self._matches(sift, view, radius, both_sides=True)
         if isinstance(m, str):
             return m
         q, p = m
@@ -268,13 +268,16 @@ class FineRegistration:
             return fit
         return replace(fit, T_camera_map=T, inliers=reprojection_errors(T, fit.uv, fit.xyz, camera) < thresh)
 
-    def _match(self, kp: np.ndarray, desc: np.ndarray, view: FineView, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    def _match(self, kp: np.ndarray, desc: np.ndarray, view: FineView, radius: float,
+               both_sides: bool) -> tuple[np.ndarray, np.ndarray]:
         """(keypoint, point) pairs: a fine point of `view` and a keypoint within `radius` px of its
         projection that are each other's most similar descriptor among the pairs the radius allows,
-        with the ratio test on both sides, as a classic pipeline's mutual nearest neighbours: a
-        keypoint between two look-alike points (a repeated texture) is left out, not given the
-        likelier one. The keypoint-side test made the demo's poses 6% more precise (bench/RESULTS.md,
-        2026-12-06)."""
+        with the ratio test among the point's candidate keypoints and, `both_sides`, among the
+        keypoint's candidate points too, as a classic pipeline's mutual nearest neighbours: a keypoint
+        between two look-alike points (a repeated texture) is then left out, not given the likelier
+        one. Relocalization's fit tests both sides (the demo's poses 6% more precise, fox's 4%);
+        tracking's does not, because its inliers become the keyframe points optical flow follows,
+        and the fewer points left flow tracking 1.11x less precise (bench/RESULTS.md, 2026-12-06)."""
         c = self.conf
         pts = view.points
         near = view.tree.sparse_distance_matrix(cKDTree(kp), radius, output_type="coo_matrix")
@@ -282,7 +285,8 @@ class FineRegistration:
         if len(i) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         sim = np.einsum("ij,ij->i", self.descriptors[pts[i]], desc[k])
-        ok = (sim >= c.min_similarity) & _best_and_distinct(i, sim, c.ratio) & _best_and_distinct(k, sim, c.ratio)
+        ok = (sim >= c.min_similarity) & _best_and_distinct(i, sim, c.ratio) & \
+            _best_and_distinct(k, sim, c.ratio if both_sides else 1.0)
         return k[ok].astype(np.int64), pts[i[ok]]
 
 
