@@ -3,9 +3,10 @@ import shutil
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 
 from pram_ros.core.evaluation import errors
-from pram_ros.core.fine import FineConfig
+from pram_ros.core.fine import FineConfig, FineRegistration, FineView
 from pram_ros.core.flow import FlowConfig
 from pram_ros.core.localizer import Localizer, LocalizerConfig
 from pram_ros.core.map import MapError, load_map, save_map
@@ -39,6 +40,25 @@ def test_the_fine_layer_matches_the_images_that_share_coarse_points():
     point = np.array([p for p, ims in obs.items() for _ in ims])
     image = np.array([i for ims in obs.values() for i in ims])
     assert covisible_pairs(point, image, 5) == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_a_keypoint_between_two_look_alike_points_is_matched_only_without_the_keypoint_side_ratio_test():
+    """Points 0 and 1 project 2 px apart and look alike; keypoint 0 lies between them. Point 2 and
+    keypoint 1 are a clean pair. Both sides tested (relocalization): only the clean pair. The
+    point's side alone (tracking): keypoint 0 also goes to the more similar look-alike, point 0."""
+    base, v, w, other = np.eye(128)[:4]  # orthonormal
+    # point 0 lies 0.1 from keypoint 0's descriptor, point 1 0.105: distance ratio 0.95 > 0.9
+    points_desc = np.stack([base + 0.1 * v, base + 0.105 * w, other])
+    points_desc /= np.linalg.norm(points_desc, axis=1, keepdims=True)
+    kp = np.array([[11.0, 10.0], [50.0, 51.0]])
+    kp_desc = np.stack([base, other])
+    fine = FineRegistration.__new__(FineRegistration)  # _match needs only the settings and the descriptors
+    fine.conf, fine.descriptors = FineConfig(), points_desc
+    view = FineView(np.array([0, 1, 2]), cKDTree(np.array([[10.0, 10.0], [12.0, 10.0], [50.0, 50.0]])))
+    q, p = fine._match(kp, kp_desc, view, 4.0, both_sides=True)
+    assert (q.tolist(), p.tolist()) == ([1], [2])
+    q, p = fine._match(kp, kp_desc, view, 4.0, both_sides=False)
+    assert sorted(zip(q.tolist(), p.tolist())) == [(0, 0), (1, 2)]
 
 
 def test_fine_layer_makes_the_demo_poses_several_times_more_precise(demo_map, demo_query_frames):

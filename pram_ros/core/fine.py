@@ -286,7 +286,7 @@ class FineRegistration:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         sim = np.einsum("ij,ij->i", self.descriptors[pts[i]], desc[k])
         ok = (sim >= c.min_similarity) & _best_and_distinct(i, sim, c.ratio) & \
-            _best_and_distinct(k, sim, c.ratio if both_sides else 1.0)
+            _best_and_distinct(k, sim, c.ratio if both_sides else 1.0)  # 1.0: the keypoint's best only
         return k[ok].astype(np.int64), pts[i[ok]]
 
 
