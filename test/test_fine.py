@@ -94,9 +94,9 @@ def test_the_refit_from_the_coarse_pose_is_as_precise_as_ransac(demo_map, demo_q
         px = loc.feature_conf.pixels_per_detector_pixel(f.camera.width, f.camera.height)
         for start, T in (("coarse", coarse.T_camera_map), ("turned", turn @ coarse.T_camera_map)):
             view = fine.view(T, f.camera)
+            q, p = fine._matches(sift, view, fine.conf.search_px * px, both_sides=True)  # the re-fit's matches
             fits = {"refit": fine.fit(sift, f.camera, T, px, view=view)[0],
-                    "ransac": fine._finish(fine._ransac(sift, f.camera, view, fine.conf.search_px * px,
-                                                         fine.conf.ransac_px), f.camera)[0]}
+                    "ransac": fine._finish(fine._pose(q, p, sift[0][q], f.camera, fine.conf.ransac_px), f.camera)[0]}
             for how, fit in fits.items():
                 assert fit is not None, (start, how)
                 e.setdefault((start, how), []).append(errors(np.linalg.inv(fit.T_camera_map), f.T_map_camera))
