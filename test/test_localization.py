@@ -4,7 +4,7 @@ import numpy as np
 from pram_ros.core.bag import BagReader
 from pram_ros.core.evaluation import errors, evaluate
 from pram_ros.core.fine import FineConfig
-from pram_ros.core.localizer import Localizer, LocalizerConfig
+from pram_ros.core.localizer import LocalizationResult, Localizer, LocalizerConfig
 from pram_ros.core.registration import covariance
 
 
@@ -52,6 +52,40 @@ def test_images_of_another_place_are_rejected(demo_map, fox_map, fox_bags, demo_
     print(f"\nforeign places: {false_demo}/{len(fox_frames)} fox images posed on the demo map, "
           f"{false_fox}/{len(demo_query_frames)} demo images posed on the fox map")
     assert n > 150 and false_demo + false_fox <= 0.01 * n
+
+
+def test_a_weakly_confirmed_pose_competes_with_the_other_landmarks_poses(demo_map, demo_query_frames):
+    """The demo's last frame faces a poster the place repeats on purpose. Its first confirmed pose is
+    the wrong copy's (2.6 m off), confirmed by fewer than twice min_inliers; a later landmark group
+    confirms the true pose, as weakly. The fine layer's full-resolution points pick the true one;
+    with no fine layer the frame is refused as ambiguous instead of posed at the wrong copy."""
+    f = demo_query_frames[130]
+
+    def localize(**kw):
+        return Localizer(demo_map.out, LocalizerConfig(tracking=False, **kw)).localize(f.image, f.camera)
+
+    first = localize(weak_confirmation=0)  # the first confirmed pose, unchallenged: the case this test is about
+    assert first.success and errors(first.T_map_camera, f.T_map_camera)[0] > 1.0 and not first.rivals
+    res = localize()
+    t, r = errors(res.T_map_camera, f.T_map_camera)
+    assert res.success and res.fine and t < 0.1 and r < 1.0, (t, r)
+    assert len(res.rivals) == 1 and res.rivals[0].fine and res.num_inliers > res.rivals[0].num_inliers
+    coarse = localize(fine=FineConfig(enabled=False))
+    assert not coarse.success and coarse.reason.startswith("ambiguous: 2 places"), coarse.reason
+
+
+def test_ambiguous_poses_go_to_the_most_fine_inliers_or_are_refused():
+    """The verdict over a weak pose and its rivals: fine evidence decides; without it, no pose."""
+    a, b = (LocalizationResult(True, "recognition", num_inliers=n) for n in (42, 34))
+    a.rivals = [b]
+    refused = Localizer._resolve(a)
+    assert not refused.success and refused.reason == \
+        "ambiguous: 2 places confirmed by 42 / 34 inliers, and no fine fit to tell them apart"
+    a.fine, a.num_inliers, b.fine, b.num_inliers = True, 461, True, 676
+    best = Localizer._resolve(a)
+    assert best is b and len(best.rivals) == 1 and best.rivals[0] is a
+    a.rivals, b.fine = [b], False  # only a fine fit counts, whatever the coarse inliers
+    assert Localizer._resolve(a) is a
 
 
 def test_tracking_relocalizes_after_black_frames(demo_map, demo_query_frames):

@@ -2,7 +2,8 @@
 
 pram:       features -> recognizer -> keypoint pre-filter -> landmarks ranked by votes ->
             per landmark: match its keypoints to the landmark's VRF points, PnP, accept or try the
-            next -> refine with the points of covisible VRFs.
+            next -> refine with the points of covisible VRFs; a weakly confirmed pose competes with
+            the other landmarks' confirmed poses elsewhere through the fine layer.
 tracking:   from the previous pose (moved by odometry, or a prior): the last SIFT keyframe's keypoints
             followed by optical flow (flow.py), else SIFT matched near the fine points' projections,
             else XFeat matched near the map points' projections; PnP; fall back to relocalization.
@@ -67,13 +68,20 @@ class LocalizerConfig:
                            choices=MATCHERS)
     matcher_path: str = setting("", "matcher: imp: the matcher.pt that pram-ros train-matcher wrote")
     registration: RegistrationConfig = RegistrationConfig()
-    recognition_keypoints: int = setting(768, "the recognizer sees the strongest this many keypoints (0: all)",
+    recognition_keypoints: int = setting(512, "the recognizer sees the strongest this many keypoints (0: all)",
                                          range=(16, 16384), zero_off=True)
+    # as many as it was trained on (TrainConfig.keypoints_per_sample); 768 cost 7% more time a relocalized
+    # demo frame for no more poses or precision, on the demo or on fox (bench/RESULTS.md, 2026-12-07)
     # the rest count as background when ranking landmarks, and every keypoint is matched in refinement
     no_landmark_prob: float = setting(0.95, "drop keypoints this sure to be background...", range=(0.5, 1.0))
     max_prefilter_drop: float = 0.6  # ...unless that removes more than this share
     max_landmarks: int = setting(24, "landmark candidates tried in rank order", range=(1, 512))
     landmarks_per_attempt: int = 3  # ...this many at a time (their points matched jointly)
+    weak_confirmation: float = 2.0  # a pose confirmed by fewer than this many times min_inliers is weak:
+    # the remaining landmark groups' poses are found too, and those elsewhere that are also confirmed
+    # compete with it through the fine layer, whose full-resolution points tell a repeated poster's
+    # copies apart where the coarse ones may favour the wrong copy; with no fine fit to decide, the image
+    # is refused as ambiguous (bench/RESULTS.md, 2026-12-07). 0: off
     min_labelled: int = 40  # fewer keypoints voting for a landmark: match all keypoints instead
     refine_radii_px: tuple[float, ...] = (24.0, 8.0)  # refinement passes, coarse to fine
     polish_radius_px: float = 3.0  # then the pose is re-fit, without RANSAC, to every match whose point
@@ -111,6 +119,8 @@ class LocalizationResult:
     fine_points: np.ndarray | None = None  # the fine points of the inliers, when fine
     flow: bool = False  # the pose was fit to the keyframe's keypoints followed by optical flow (flow.py)
     landmarks: list[int] = field(default_factory=list)  # ranked candidates
+    rivals: list["LocalizationResult"] = field(default_factory=list)  # confirmed poses elsewhere that
+    # competed with this one (LocalizerConfig.weak_confirmation)
     tried: list[int] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -311,16 +321,20 @@ class Localizer:
                 if res is None or not res.success:
                     res = self._exhaustive(feats, kp, camera, times) if self.method == "exhaustive" else \
                         self._recognize_and_register(feats, kp, camera, times)
-                res.num_keypoints = len(kp)
-                res.keypoints = kp
                 if res.success and self.fine is not None:
                     with self._timer(times, "fine"):
-                        view = self.fine.view(res.T_camera_map, camera)  # while SIFT may still run
+                        hyps = [res, *res.rivals]
+                        views = [self.fine.view(h.T_camera_map, camera) for h in hyps]  # while SIFT may still run
                         # after a failed fine track, its 1024 keypoints serve the re-fit too: that frame
                         # already paid for XFeat and recognition, and the next one tracks again
                         if sift is None:
                             sift = pending.result() if pending is not None else self.fine.extract(image)
-                        self._fine(res, sift, camera, feats, view)
+                        for h, view in zip(hyps, views):
+                            self._fine(h, sift, camera, feats, view)
+                if res.rivals:
+                    res = self._resolve(res)
+                res.num_keypoints = len(kp)
+                res.keypoints = kp
             finally:
                 if pending is not None:
                     pending.result()
@@ -437,6 +451,7 @@ class Localizer:
         res = LocalizationResult(False, "recognition", "no landmark recognized", keypoint_landmarks=labels,
                                  landmarks=ranked[: self.conf.max_landmarks])
         best_reason = res.reason
+        found: list[LocalizationResult] = []
         g = self.conf.landmarks_per_attempt
         for k in range(0, len(res.landmarks), g):
             group = res.landmarks[k:k + g]
@@ -447,6 +462,8 @@ class Localizer:
             if reason:
                 best_reason = f"landmarks {group}: {reason}"
                 continue
+            if any(self._same_place(h, est.T_camera_map, camera, self.conf.refine_radii_px[0]) for h in found):
+                continue
             # Refine with the map points in view of this pose (the covisible VRFs' points, found by
             # projection); a pose they do not confirm is rejected: a repeated poster or a
             # self-similar wall can fit one landmark's matches.
@@ -455,10 +472,38 @@ class Localizer:
             if not refined.success:
                 best_reason = f"landmarks {group}: refinement did not confirm the pose ({refined.reason})"
                 continue
+            if any(self._same_place(h, refined.T_camera_map, camera, self.conf.refine_radii_px[-1]) for h in found):
+                continue
             refined.keypoint_landmarks, refined.landmarks, refined.tried = labels, res.landmarks, res.tried
-            return refined
-        res.reason = best_reason
-        return res
+            found.append(refined)
+            if found[0].num_inliers >= self.conf.weak_confirmation * self.conf.registration.min_inliers:
+                break
+        if not found:
+            res.reason = best_reason
+            return res
+        found[0].rivals = found[1:]
+        return found[0]
+
+    @staticmethod
+    def _resolve(res: LocalizationResult) -> LocalizationResult:
+        """A weak pose and its rivals (LocalizerConfig.weak_confirmation): the one the fine layer confirms
+        with the most inliers, or none when no fine fit tells them apart (the map has no fine layer,
+        or no fit held): the coarse evidence may favour a repeated poster's wrong copy."""
+        hyps = [res, *res.rivals]
+        fine = [h for h in hyps if h.fine]
+        if not fine:
+            counts = " / ".join(str(h.num_inliers) for h in hyps)
+            return LocalizationResult(False, res.mode, f"ambiguous: {len(hyps)} places confirmed by {counts} inliers, "
+                                      "and no fine fit to tell them apart", keypoint_landmarks=res.keypoint_landmarks,
+                                      landmarks=res.landmarks, tried=res.tried, rivals=hyps)
+        best = max(fine, key=lambda h: h.num_inliers)
+        best.rivals = [h for h in hyps if h is not best]
+        return best
+
+    @staticmethod
+    def _same_place(res: LocalizationResult, T_camera_map: np.ndarray, camera: Camera, px: float) -> bool:
+        """Whether the pose puts most of `res`'s inliers within `px` of their keypoints."""
+        return float(np.median(reprojection_errors(T_camera_map, res.inlier_uv, res.inlier_xyz, camera))) < px
 
     def _accept(self, res: LocalizationResult, est: PoseEstimate, uv: np.ndarray, xyz: np.ndarray,
                 q: np.ndarray) -> LocalizationResult:
