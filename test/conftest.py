@@ -12,6 +12,16 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FOX_DIR = SHARED / "data" / "fox"
 _domain_ids = itertools.count(100 + os.getpid() % 50)
+SYSTEM_FIXTURES = {"demo_full", "demo_query_frames", "demo_map", "fox_map"}  # full-size map builds and renders
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs a full demo or fox map (as a fixture, or a parameter naming one) is a system
+    test: `slow`, like the marked ones."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {}).values()
+        if SYSTEM_FIXTURES & (set(getattr(item, "fixturenames", ())) | {p for p in params if isinstance(p, str)}):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
