@@ -462,8 +462,8 @@ class Localizer:
             if reason:
                 best_reason = f"landmarks {group}: {reason}"
                 continue
-            if any(self._same_place(h, est.T_camera_map, camera, self.conf.refine_radii_px[0]) for h in found):
-                continue
+            if any(self._inlier_shift(h, est.T_camera_map, camera) < self.conf.refine_radii_px[0] for h in found):
+                continue  # the same place as a pose already found
             # Refine with the map points in view of this pose (the covisible VRFs' points, found by
             # projection); a pose they do not confirm is rejected: a repeated poster or a
             # self-similar wall can fit one landmark's matches.
@@ -472,7 +472,7 @@ class Localizer:
             if not refined.success:
                 best_reason = f"landmarks {group}: refinement did not confirm the pose ({refined.reason})"
                 continue
-            if any(self._same_place(h, refined.T_camera_map, camera, self.conf.refine_radii_px[-1]) for h in found):
+            if any(self._inlier_shift(h, refined.T_camera_map, camera) < self.conf.refine_radii_px[-1] for h in found):
                 continue
             refined.keypoint_landmarks, refined.landmarks, refined.tried = labels, res.landmarks, res.tried
             found.append(refined)
@@ -501,9 +501,9 @@ class Localizer:
         return best
 
     @staticmethod
-    def _same_place(res: LocalizationResult, T_camera_map: np.ndarray, camera: Camera, px: float) -> bool:
-        """Whether the pose puts most of `res`'s inliers within `px` of their keypoints."""
-        return float(np.median(reprojection_errors(T_camera_map, res.inlier_uv, res.inlier_xyz, camera))) < px
+    def _inlier_shift(res: LocalizationResult, T_camera_map: np.ndarray, camera: Camera) -> float:
+        """How far `T_camera_map` moves `res`'s inliers from their keypoints: the median reprojection error [px]."""
+        return float(np.median(reprojection_errors(T_camera_map, res.inlier_uv, res.inlier_xyz, camera)))
 
     def _accept(self, res: LocalizationResult, est: PoseEstimate, uv: np.ndarray, xyz: np.ndarray,
                 q: np.ndarray) -> LocalizationResult:
@@ -570,7 +570,7 @@ class Localizer:
         px = self.feature_conf.pixels_per_detector_pixel(*feats.image_size)
         fit, res.fine_reason = self.fine.fit(sift, camera, res.T_camera_map, px, view=view)
         if fit is not None:
-            shift = float(np.median(reprojection_errors(fit.T_camera_map, res.inlier_uv, res.inlier_xyz, camera))) / px
+            shift = self._inlier_shift(res, fit.T_camera_map, camera) / px
             if shift > self.conf.fine.max_coarse_shift_px:
                 res.fine_reason = f"the fine fit moved the coarse inliers {shift:.1f} px from their keypoints"
                 return
