@@ -40,22 +40,28 @@ METHODS = {  # name: (map features, localizer method, fine layer)
 }
 
 
-def places(data: Path, fox: Path, fox_folds: int = 1) -> dict[str, tuple[Path, Path]]:
-    """(map bag, query bag) of each place, made when missing. fox's fold k (fox, fox1, ... fox4)
-    queries every fifth image from the (k + 1)-th on and maps the rest."""
+def fox_folds(data: Path, fox: Path, folds: int) -> dict[str, tuple[Path, Path]]:
+    """(map bag, query bag) of fox's folds, made when missing: fold k (fox, fox1, ... fox4) queries
+    every fifth image from the (k + 1)-th on and maps the rest."""
     from pram_ros.core.fox import fox_to_bags
+
+    out = {}
+    for k in range(folds):
+        d = data / ("fox" if k == 0 else f"fox_phase{k}")
+        if not (d / "fox_map").exists():
+            fox_to_bags(fox, d, query_phase=k)
+        out["fox" if k == 0 else f"fox{k}"] = (d / "fox_map", d / "fox_query")
+    return out
+
+
+def places(data: Path, fox: Path, folds: int = 1) -> dict[str, tuple[Path, Path]]:
+    """(map bag, query bag) of each place, made when missing: the demo, and fox's folds."""
     from pram_ros.core.synthetic import make_demo_data
 
     if not (data / "demo_map" / "metadata.yaml").exists():
         make_demo_data(data)
     out = {"demo": (data / "demo_map", data / "demo_query")}
-    if (fox / "transforms.json").exists():
-        for k in range(fox_folds):
-            d = data / ("fox" if k == 0 else f"fox_phase{k}")
-            if not (d / "fox_map").exists():
-                fox_to_bags(fox, d, query_phase=k)
-            out["fox" if k == 0 else f"fox{k}"] = (d / "fox_map", d / "fox_query")
-    return out
+    return out | (fox_folds(data, fox, folds) if (fox / "transforms.json").exists() else {})
 
 
 def main() -> None:
