@@ -198,13 +198,16 @@ def main() -> None:
             timed(f"recognizer {n} keypoints", rec_fn)
 
     map_dir = tmp / "map"
-    with section("demo map built on the GPU (features, SfM on the CPU, training)"):
+    with section(f"demo map built on the {'GPU' if cuda else 'CPU'} (features, SfM on the CPU, training)"):
         s = build_map(bags["map"], map_dir, BuildConfig(features=FeatureConfig(device="auto"),
                                                            train=TrainConfig(steps=a.build_steps)), progress=False)
         print(s.table())
-        ROWS.append(("demo map build, total (s)", NAN, sum(s.stage_seconds.values()), "s"))
-        ROWS.append((f"demo map recognizer training, {s.recognition['steps']} steps (s)", NAN,
-                     s.recognition["train_seconds"], "s"))
+
+        def on_build_device(value: float) -> tuple[float, float]:
+            return (NAN, value) if cuda else (value, NAN)
+        ROWS.append(("demo map build, total (s)", *on_build_device(sum(s.stage_seconds.values())), "s"))
+        ROWS.append((f"demo map recognizer training, {s.recognition['steps']} steps (s)",
+                     *on_build_device(s.recognition["train_seconds"]), "s"))
 
     with section("recognizer training, 50-image map: GPU vs CPU"):
         samples = map_samples(map_dir, 50)
