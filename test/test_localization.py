@@ -1,4 +1,6 @@
 """Localization core: accuracy floors on the demo and fox bags, honest failure, tracking, covariance."""
+from dataclasses import replace
+
 import numpy as np
 
 from pram_ros.core.bag import BagReader
@@ -184,7 +186,7 @@ def test_odometry_keeps_the_track_when_frames_are_dropped(demo_map, demo_query_f
 
 def test_auto_matches_exhaustively_only_against_small_maps(small_bag, demo_map, tmp_path):
     from pram_ros.core.build import BuildConfig, build_map
-    from pram_ros.core.localizer import AUTO_EXHAUSTIVE_MAX_IMAGES
+    from pram_ros.core.localizer import AUTO_EXHAUSTIVE_MAX_IMAGES, AUTO_FALLBACK_MAX_IMAGES
     from pram_ros.core.training import TrainConfig
 
     tiny = build_map(small_bag, tmp_path / "tiny", BuildConfig(max_images=8, train=TrainConfig(steps=5)),
@@ -193,6 +195,7 @@ def test_auto_matches_exhaustively_only_against_small_maps(small_bag, demo_map, 
     loc = Localizer(tiny.out, LocalizerConfig(method="auto"))
     assert loc.map.images == tiny.images == 8 <= AUTO_EXHAUSTIVE_MAX_IMAGES < big.map.images == demo_map.images
     assert big.method == "pram" and big.map.baseline is None  # not loaded where it is not used
+    assert not big.exhaustive_fallback and big.map.images > AUTO_FALLBACK_MAX_IMAGES
     assert loc.method == "exhaustive" and loc.map.baseline is not None
     with BagReader(small_bag) as r:
         frames = list(r.frames())
@@ -200,3 +203,25 @@ def test_auto_matches_exhaustively_only_against_small_maps(small_bag, demo_map, 
     assert first.success and first.mode == "exhaustive" and "recognition" not in first.timings_ms
     assert second.success and second.mode == "tracking"  # tracking works on either route
     assert errors(second.T_map_camera, frames[6].T_map_camera)[0] < 0.05
+
+
+def test_auto_matches_what_recognition_cannot_pose_against_every_image_of_a_small_map(small_map, demo_bags):
+    """On maps of up to AUTO_FALLBACK_MAX_IMAGES images (a weaker recognizer), an image recognition
+    cannot pose is matched against every map image (larger maps: the test above)."""
+    from pram_ros.core.localizer import AUTO_EXHAUSTIVE_MAX_IMAGES, AUTO_FALLBACK_MAX_IMAGES
+
+    conf = LocalizerConfig(tracking=False)  # method: auto
+    loc, pram = Localizer(small_map.out, conf), Localizer(small_map.out, replace(conf, method="pram"))
+    assert AUTO_EXHAUSTIVE_MAX_IMAGES < loc.map.images == 12 <= AUTO_FALLBACK_MAX_IMAGES
+    assert loc.method == "pram" and loc.exhaustive_fallback and not pram.exhaustive_fallback
+    with BagReader(demo_bags["query"]) as r:
+        frames = list(r.frames())
+    for f in frames[13:15]:  # past the small map's 12 images, where its recognizer gives up
+        assert not pram.localize(f.image, f.camera).success
+        res = loc.localize(f.image, f.camera)
+        assert res.success and res.mode == "exhaustive", res.reason
+        t, r = errors(res.T_map_camera, f.T_map_camera)
+        assert t < 0.05 and r < 0.5, (t, r)
+    f = frames[20]  # the small map does not reach this far: neither route poses it, and it says why
+    res = loc.localize(f.image, f.camera)
+    assert not res.success and "matched against every map image" in res.reason, res.reason

@@ -10,7 +10,8 @@ tracking:   from the previous pose (moved by odometry, or a prior): the last SIF
 exhaustive: match against the keypoints of every map image (hloc without global descriptors), one
             PnP on all 2D-3D matches: the same features and PnP, so differences come from
             recognition alone.
-auto:       exhaustive on maps small enough that it is the cheaper route, else pram.
+auto:       exhaustive on maps small enough that it is the cheaper route, else pram (on maps of up to 50
+            images, followed by exhaustive where recognition found no pose).
 A pose found from the map points in view (refinement, tracking) ends re-fitted to the matches near
 its projection (`polish_radius_px`), then, when the map has a fine layer, to full-resolution SIFT
 points (fine.py): the coarse features find the pose, the fine ones make it precise.
@@ -52,12 +53,16 @@ MAX_EXTRAPOLATION = 3.0  # without odometry, the last motion predicts at most th
 AUTO_EXHAUSTIVE_MAX_IMAGES = 10  # `auto` matches exhaustively against maps this small. bench/map_size.py:
 # matching a query against one map image costs about 4 ms on 2 CPU cores, PRAM's recognition,
 # registration and refinement 40-70 ms together, whatever the map's size
+AUTO_FALLBACK_MAX_IMAGES = 50  # ...and, on maps up to this size, matches the images recognition could not
+# pose (about 200 ms at 50 images): a small or sparse map trains a weaker recognizer (bench/RESULTS.md,
+# 2026-12-07: 7-9 more of 131 demo queries posed on maps of 30 and 50 images)
 
 
 @dataclass(frozen=True)
 class LocalizerConfig:
     method: str = setting("auto", "pram (recognition, then landmark-wise PnP) | exhaustive (match every map image) | "
-                          "auto (exhaustive on maps of at most 10 images, where it is cheaper; else pram)",
+                          "auto (exhaustive on maps of at most 10 images, where it is cheaper; else pram, and on maps of up "
+                          "to 50 images exhaustive for the images recognition cannot pose)",
                           choices=METHODS)
     device: str = setting("auto", "auto | cpu | cuda | cuda:N", pattern=DEVICE_PATTERN)
     half: bool = setting(False, "fp16 autocast for the networks on CUDA (no effect on the CPU)")
@@ -137,13 +142,16 @@ class Localizer:
         m = map_or_path if isinstance(map_or_path, PramMap) else \
             load_map(map_or_path, with_baseline=conf.method == "exhaustive")
         self.method = conf.method  # the route relocalization takes: pram or exhaustive
+        self.exhaustive_fallback = False  # auto on a small map: exhaustive matching after recognition fails
         if conf.method == "auto":
-            small = 0 < m.images <= AUTO_EXHAUSTIVE_MAX_IMAGES  # 0: a map from before the count
+            small = 0 < m.images <= AUTO_FALLBACK_MAX_IMAGES  # 0: a map from before the count
             if small and m.baseline is None and not isinstance(map_or_path, PramMap):
                 manifest = read_manifest(map_or_path)
                 if has_baseline(manifest):
                     m.baseline = load_baseline(map_or_path, manifest)
-            self.method = "exhaustive" if small and m.baseline is not None else "pram"
+            small = small and m.baseline is not None
+            self.method = "exhaustive" if small and m.images <= AUTO_EXHAUSTIVE_MAX_IMAGES else "pram"
+            self.exhaustive_fallback = small and self.method == "pram"
         if self.method == "exhaustive" and m.baseline is None:
             raise MapError("the exhaustive baseline needs the map's baseline.npz")
         feat = features or FeatureConfig(**m.features, device=conf.device)
@@ -319,8 +327,7 @@ class Localizer:
                     with self._timer(times, "tracking"):
                         res = self._refine(feats, kp, camera, start, "tracking", (radius,))
                 if res is None or not res.success:
-                    res = self._exhaustive(feats, kp, camera, times) if self.method == "exhaustive" else \
-                        self._recognize_and_register(feats, kp, camera, times)
+                    res = self._relocalize(feats, kp, camera, times)
                 if res.success and self.fine is not None:
                     with self._timer(times, "fine"):
                         hyps = [res, *res.rivals]
@@ -483,6 +490,22 @@ class Localizer:
             return res
         found[0].rivals = found[1:]
         return found[0]
+
+    def _relocalize(self, feats: Features, kp: np.ndarray, camera: Camera, times: dict[str, float]) -> LocalizationResult:
+        """The pose from scratch by the map's route; with `exhaustive_fallback`, an image that
+        recognition could not pose is matched against every map image. (Confirming that pose by
+        the map points in its view, as a recognized one is, lost more right poses than wrong ones
+        on sparse maps: bench/RESULTS.md, 2026-12-07.)"""
+        if self.method == "exhaustive":
+            return self._exhaustive(feats, kp, camera, times)
+        res = self._recognize_and_register(feats, kp, camera, times)
+        if res.success or not self.exhaustive_fallback:
+            return res
+        ex = self._exhaustive(feats, kp, camera, times)
+        if ex.success:
+            return ex
+        res.reason += f"; matched against every map image: {ex.reason}"
+        return res
 
     @staticmethod
     def _resolve(res: LocalizationResult) -> LocalizationResult:
