@@ -41,7 +41,8 @@ def test_exhaustive_baseline_localizes_with_the_same_features(demo_map, demo_que
 
 
 def test_images_of_another_place_are_rejected(demo_map, fox_map, fox_bags, demo_query_frames):
-    """Honest failure: at least 99% of the images of another place get no pose (all of them here)."""
+    """Honest failure: at least 99% of the images of another place get no pose (all of them here).
+    The fox map has 40 images: `auto` also matches each demo image against every one of them."""
     demo_loc = Localizer(demo_map.out, LocalizerConfig(tracking=False))
     fox_frames = []
     for bag in fox_bags.values():
@@ -49,11 +50,13 @@ def test_images_of_another_place_are_rejected(demo_map, fox_map, fox_bags, demo_
             fox_frames += list(r.frames())
     false_demo = sum(demo_loc.localize(f.image, f.camera).success for f in fox_frames)
     fox_loc = Localizer(fox_map.out, LocalizerConfig(tracking=False))
-    false_fox = sum(fox_loc.localize(f.image, f.camera).success for f in demo_query_frames)
-    n = len(fox_frames) + len(demo_query_frames)
+    assert fox_loc.exhaustive_fallback
+    demo_frames = demo_query_frames[::2]  # both routes run on each: every second frame keeps the suite short
+    false_fox = sum(fox_loc.localize(f.image, f.camera).success for f in demo_frames)
+    n = len(fox_frames) + len(demo_frames)
     print(f"\nforeign places: {false_demo}/{len(fox_frames)} fox images posed on the demo map, "
-          f"{false_fox}/{len(demo_query_frames)} demo images posed on the fox map")
-    assert n > 150 and false_demo + false_fox <= 0.01 * n
+          f"{false_fox}/{len(demo_frames)} demo images posed on the fox map")
+    assert n > 100 and false_demo + false_fox <= 0.01 * n
 
 
 def test_a_weakly_confirmed_pose_competes_with_the_other_landmarks_poses(demo_map, demo_query_frames):
