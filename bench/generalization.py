@@ -26,13 +26,11 @@ import numpy as np
 
 import pram_ros  # noqa: F401  (before pycolmap: see README, Known issues)
 from pram_ros.core.bag import BagReader, BagWriter
-from pram_ros.core.build import BuildConfig, build_map
 from pram_ros.core.camera import Camera
 from pram_ros.core.evaluation import evaluate
-from pram_ros.core.fine import FineBuildConfig
 from pram_ros.core.fox import FOX_FRAME, load_fox
 from pram_ros.core.localizer import Localizer, LocalizerConfig
-from precision import METHODS, fox_folds
+from precision import METHODS, fox_folds, map_for
 
 PRAM, REFERENCE = "pram (xfeat 640 + fine layer)", "reference (sift full-res, exhaustive)"
 
@@ -91,16 +89,6 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
-def map_for(map_bag: Path, prefix: Path, method: str) -> Path:
-    """`bench/precision.py`'s map for this method, `{prefix}_{features}_{resize}.pram` (built when missing)."""
-    features, loc_method, _ = METHODS[method]
-    map_dir = prefix.parent / f"{prefix.name}_{features.name}_{features.resize_max}.pram"
-    if not (map_dir / "manifest.json").exists():
-        build_map(map_bag, map_dir, BuildConfig(features=features, fine=FineBuildConfig(enabled=loc_method == "pram")),
-                  progress=False)
-    return map_dir
-
-
 def errors_by_frame(map_dir: Path, query_bag: Path, out: Path, method: str) -> tuple[dict, int]:
     """{frame: (translation, rotation deg)} of the posed frames, and the number of frames."""
     loc = Localizer(map_dir, LocalizerConfig(method=method, device="cpu", tracking=False))
@@ -129,7 +117,7 @@ def main() -> None:
             t0, errs, frames = time.monotonic(), {}, 0
             for k, (place, (map_bag, query_bag)) in enumerate(folds):
                 q = write_variant(query_bag, a.out / f"{place}_{slug(variant)}", variant)
-                e, n = errors_by_frame(map_for(map_bag, a.precision_out / place, method), q,
+                e, n = errors_by_frame(map_for(map_bag, a.precision_out / place, *METHODS[method][:2]), q,
                                        a.out / "reports" / f"{place}_{slug(variant)}_{method.split()[0]}",
                                        METHODS[method][1])
                 errs |= {(k, i): v for i, v in e.items()}
@@ -138,11 +126,11 @@ def main() -> None:
             print(f"{variant}, {method}: {len(errs)}/{frames} posed ({time.monotonic() - t0:.0f} s)", flush=True)
     for every in a.sparse:
         map_bag, query_bag = write_sparse(a.fox, a.out / f"sparse{every}", every)
+        with BagReader(map_bag) as r:
+            images = len(r)
         for method, loc_method in ((PRAM, "auto"), (PRAM, "pram"), (REFERENCE, "exhaustive")):
             t0 = time.monotonic()
-            map_dir = map_for(map_bag, a.out / f"sparse{every}" / "fox", method)
-            with BagReader(map_bag) as r:
-                images = len(r)
+            map_dir = map_for(map_bag, a.out / f"sparse{every}" / "fox", *METHODS[method][:2])
             errs, frames = errors_by_frame(map_dir, query_bag, a.out / "reports" / f"sparse{every}_{loc_method}",
                                            loc_method)
             rows.append((f"map: every {every}-th image ({images})", f"{method.split()[0]} --method {loc_method}",

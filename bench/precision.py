@@ -54,6 +54,16 @@ def fox_folds(data: Path, fox: Path, folds: int) -> dict[str, tuple[Path, Path]]
     return out
 
 
+def map_for(map_bag: Path, prefix: Path, features: FeatureConfig, method: str) -> Path:
+    """The map of `method`'s features, `{prefix}_{features}_{resize}.pram`, built from `map_bag` when
+    missing (with the fine layer for pram; coarse-only runs use the same map)."""
+    map_dir = prefix.parent / f"{prefix.name}_{features.name}_{features.resize_max}.pram"
+    if not (map_dir / "manifest.json").exists():
+        build_map(map_bag, map_dir, BuildConfig(features=features, fine=FineBuildConfig(enabled=method == "pram")),
+                  progress=False)
+    return map_dir
+
+
 def places(data: Path, fox: Path, folds: int = 1) -> dict[str, tuple[Path, Path]]:
     """(map bag, query bag) of each place, made when missing: the demo, and fox's folds."""
     from pram_ros.core.synthetic import make_demo_data
@@ -86,13 +96,11 @@ def main() -> None:
         if place.rstrip("0123456789") not in a.places:  # fox1 .. fox4: fox's folds
             continue
         for name, (features, method, fine, matcher) in runs.items():
-            map_dir = a.out / f"{place}_{features.name}_{features.resize_max}.pram"  # coarse only: the same map
+            t0 = time.monotonic()
             if place == "demo" and features == FeatureConfig() and (a.data / "demo_map.pram" / "fine.npz").exists():
                 map_dir = a.data / "demo_map.pram"  # `make demo`'s map: the same default settings
-            t0 = time.monotonic()
-            if not (map_dir / "manifest.json").exists():
-                build_map(map_bag, map_dir, BuildConfig(features=features, fine=FineBuildConfig(enabled=method == "pram")),
-                          progress=False)
+            else:
+                map_dir = map_for(map_bag, a.out / place, features, method)
             built = time.monotonic() - t0
             loc = Localizer(map_dir, LocalizerConfig(method=method, device="cpu", tracking=False,
                                                      fine=FineConfig(enabled=fine), matcher=matcher,

@@ -149,9 +149,9 @@ class Localizer:
                 manifest = read_manifest(map_or_path)
                 if has_baseline(manifest):
                     m.baseline = load_baseline(map_or_path, manifest)
-            small = small and m.baseline is not None
-            self.method = "exhaustive" if small and m.images <= AUTO_EXHAUSTIVE_MAX_IMAGES else "pram"
-            self.exhaustive_fallback = small and self.method == "pram"
+            matchable = small and m.baseline is not None  # the map images' keypoints are there
+            self.method = "exhaustive" if matchable and m.images <= AUTO_EXHAUSTIVE_MAX_IMAGES else "pram"
+            self.exhaustive_fallback = matchable and self.method == "pram"
         if self.method == "exhaustive" and m.baseline is None:
             raise MapError("the exhaustive baseline needs the map's baseline.npz")
         feat = features or FeatureConfig(**m.features, device=conf.device)
