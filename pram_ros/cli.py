@@ -59,9 +59,51 @@ def bag_summary(path: Path, topics: BagTopics = BagTopics()) -> str:
     return "\n".join(lines)
 
 
+def map_summary(path: Path) -> str:
+    """What a map directory holds, once every file's checksum and array has been verified: the
+    build's summary rows, the features, cameras, fine layer, files, and the route `auto` takes."""
+    from .core.build import format_rows, map_rows
+    from .core.localizer import auto_route
+    from .core.map import MapError, has_baseline, load_map, read_manifest
+    from .core.sfm import PoseAdjustment
+
+    m = load_map(path)
+    files = read_manifest(path)["files"]
+    info, f = m.info, m.features
+    try:
+        adjustment = PoseAdjustment(**info["pose_adjustment"]) if info.get("pose_adjustment") else None
+        source = str(info.get("pose_source", "?")) + (f" ({info['skipped_no_pose']} images without a pose skipped)"
+                                                       if info.get("skipped_no_pose") else "")
+        rows = [("built from", str(info.get("bag", "?"))),
+                *map_rows(source, m.images, len(m.points), m.num_landmarks, len(m.vrf_frame), m.frame, m.metric,
+                          adjustment, dict(info.get("recognition", {})))]
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise MapError(f"{path}/manifest.json has a malformed build record: {exc}") from exc
+    route, fallback = auto_route(m.images, has_baseline({"files": files}))
+    rows += [("features", f"{f['name']}, {f['max_keypoints']} keypoints"
+              + (f" at {f['resize_max']} px" if f.get("resize_max") else " at full resolution")),
+             *[(f"camera {i}", f"{c.width}x{c.height} {c.model} fx={c.fx:.1f} fy={c.fy:.1f}")
+               for i, c in enumerate(m.cameras)],
+             ("recognizer", f"{m.recognizer_config['layers']} layers x {m.recognizer_config['hidden']}"),
+             ("fine layer", f"{len(m.fine.points)} points ({m.fine.features['name']}, "
+                            f"{m.fine.features['max_keypoints']} keypoints an image)" if m.fine is not None
+              else "none (the final pose is the coarse one)"),
+             ("files", ", ".join(f"{name} {meta['bytes'] / 1e6:.2f} MB" for name, meta in files.items())),
+             ("method auto", {("exhaustive", False): "exhaustive (matches every map image: a map this small)",
+                              ("pram", True): "pram, then every map image for what recognition cannot pose",
+                              ("pram", False): "pram (recognition, then landmark-wise PnP)"}[route, fallback]),
+             *[("WARN", str(w)) for w in info.get("warnings", [])]]
+    return f"{path}: pram_ros map, checksums and arrays verified\n{format_rows(rows)}"
+
+
 def cmd_info(a: argparse.Namespace) -> int:
-    for bag in a.bags:
-        print(bag_summary(Path(bag), _topics(a)))
+    for path in map(Path, a.paths):
+        if (path / "manifest.json").is_file():
+            print(map_summary(path))
+        elif path.is_dir() and not (path / "metadata.yaml").is_file():
+            raise ValueError(f"{path} is neither a bag (no metadata.yaml) nor a pram_ros map (no manifest.json)")
+        else:
+            print(bag_summary(path, _topics(a)))
     return 0
 
 
@@ -272,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("info", help="describe contract bags")
-    p.add_argument("bags", nargs="+")
+    p = sub.add_parser("info", help="describe contract bags and pram_ros maps")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="a bag, or a map directory (its files are verified)")
     _topic_args(p)
     p.set_defaults(func=cmd_info)
 

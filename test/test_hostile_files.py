@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -208,3 +209,28 @@ def test_bags_with_missing_topics_zero_messages_or_mixed_encodings(demo_bags, tm
         w.write_camera_info(frames[0].stamp_ns, frames[0].camera, frames[0].camera_frame)
     with pytest.raises(BagError, match="neither '/camera/image_raw'.*its topics: /camera/camera_info"):
         BagReader(no_images)
+
+
+def test_info_describes_a_verified_map_and_refuses_a_damaged_one(good, small_map, tmp_path, capsys):
+    """`pram-ros info MAP` prints what the map holds once its files are verified; a damaged map or a
+    folder that is neither map nor bag gets the reason, not a traceback."""
+    from pram_ros import cli
+
+    assert cli.main(["info", str(good)]) == 0
+    head, *lines = capsys.readouterr().out.splitlines()
+    assert head == f"{good}: pram_ros map, checksums and arrays verified"
+    rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in lines)
+    m = load_map(good)
+    assert rows["images used"] == str(small_map.images) and rows["3D points"] == str(len(m.points))
+    assert rows["landmarks (K)"] == str(m.num_landmarks) and rows["frame / metric"] == "map / yes"
+    assert rows["fine layer"].startswith(f"{len(m.fine.points)} points")
+    assert rows["training steps"] == "30 of 30"
+    # 12 images: more than exhaustive matching's 10, within the fallback's 50
+    assert rows["method auto"] == "pram, then every map image for what recognition cannot pose"
+    d = _copy(good, tmp_path / "map")
+    data = (d / "map.npz").read_bytes()
+    (d / "map.npz").write_bytes(data[: len(data) // 3])
+    (tmp_path / "empty").mkdir()
+    for path, says in ((d, "checksum of map.npz"), (tmp_path / "empty", "neither a bag")):
+        assert cli.main(["info", str(path)]) == 2
+        assert says in capsys.readouterr().err

@@ -208,6 +208,16 @@ def test_auto_matches_exhaustively_only_against_small_maps(small_bag, demo_map, 
     assert errors(second.T_map_camera, frames[6].T_map_camera)[0] < 0.05
 
 
+def test_auto_route_by_the_maps_size():
+    """`auto`'s choice at the edges of its two caps; without the images' keypoints it can only recognize."""
+    from pram_ros.core.localizer import AUTO_EXHAUSTIVE_MAX_IMAGES as E, AUTO_FALLBACK_MAX_IMAGES as F, auto_route
+
+    assert auto_route(E, True) == ("exhaustive", False) and auto_route(E + 1, True) == ("pram", True)
+    assert auto_route(F, True) == ("pram", True) and auto_route(F + 1, True) == ("pram", False)
+    assert auto_route(E, False) == auto_route(F, False) == ("pram", False)
+    assert auto_route(0, True) == ("pram", False)  # a map from before the image count
+
+
 def test_auto_matches_what_recognition_cannot_pose_against_every_image_of_a_small_map(small_map, demo_bags):
     """On maps of up to AUTO_FALLBACK_MAX_IMAGES images (a weaker recognizer), an image recognition
     cannot pose is matched against every map image (larger maps: the test above)."""

@@ -124,29 +124,41 @@ class BuildSummary:
 
     def table(self) -> str:
         mb = 1e6
-        rows = [("pose source", self.pose_source + (f" ({self.skipped_no_pose} images without a pose skipped)"
-                                                    if self.skipped_no_pose else "")),
-                ("images used", f"{self.images}"), ("3D points", f"{self.points}"),
-                ("landmarks (K)", f"{self.landmarks}"), ("VRFs", f"{self.vrfs}"),
-                ("frame / metric", f"{self.frame} / {'yes' if self.metric else 'no (scale arbitrary)'}"),
-                *([("bundle adjustment moved cameras", str(self.adjustment))] if self.adjustment else []),
-                ("training steps", f"{self.recognition.get('steps')} of {self.recognition.get('steps_planned')}"
-                 + (" (WARN: stopped by the time cap)" if self.recognition.get("stopped_by_time_cap") else "")),
-                ("recognition accuracy (held out)",
-                 f"{self.recognition.get('val_landmark_accuracy', float('nan')):.3f} "
-                 f"(chance {self.recognition.get('chance', float('nan')):.3f})"),
-                ("map data", f"{self.sizes['map_data'] / mb:.2f} MB"),
-                *([("fine layer", f"{self.sizes['fine'] / mb:.2f} MB ({self.fine_points} points)")]
-                  if self.sizes.get("fine") else []),
-                ("recognizer weights (fp16)", f"{self.sizes['weights'] / mb:.2f} MB"),
-                ("hloc-style map", f"{self.sizes['hloc_style'] / mb:.2f} MB"),
-                ("map data / hloc-style", f"{self.sizes['map_data'] / max(self.sizes['hloc_style'], 1):.1%}")]
+        rows = map_rows(self.pose_source + (f" ({self.skipped_no_pose} images without a pose skipped)"
+                                            if self.skipped_no_pose else ""),
+                        self.images, self.points, self.landmarks, self.vrfs, self.frame, self.metric,
+                        self.adjustment, self.recognition)
+        rows += [("map data", f"{self.sizes['map_data'] / mb:.2f} MB"),
+                 *([("fine layer", f"{self.sizes['fine'] / mb:.2f} MB ({self.fine_points} points)")]
+                   if self.sizes.get("fine") else []),
+                 ("recognizer weights (fp16)", f"{self.sizes['weights'] / mb:.2f} MB"),
+                 ("hloc-style map", f"{self.sizes['hloc_style'] / mb:.2f} MB"),
+                 ("map data / hloc-style", f"{self.sizes['map_data'] / max(self.sizes['hloc_style'], 1):.1%}")]
         rows += [(f"time: {k}", f"{v:.1f} s" + (" (resumed from the work directory)" if k in self.resumed else ""))
                  for k, v in self.stage_seconds.items()]
         if self.work_dir is not None:
             rows.append(("work directory", f"{self.work_dir} (delete it to reclaim the space)"))
-        w = max(len(r[0]) for r in rows)
-        return "\n".join(f"  {a:<{w}}  {b}" for a, b in rows)
+        return format_rows(rows)
+
+
+def map_rows(pose_source: str, images: int, points: int, landmarks: int, vrfs: int, frame: str, metric: bool,
+             adjustment: PoseAdjustment | None, recognition: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a map is, as the build's summary and `pram-ros info` show it: (name, value) rows."""
+    nan = float("nan")
+    return [("pose source", pose_source), ("images used", f"{images}"), ("3D points", f"{points}"),
+            ("landmarks (K)", f"{landmarks}"), ("VRFs", f"{vrfs}"),
+            ("frame / metric", f"{frame} / {'yes' if metric else 'no (scale arbitrary)'}"),
+            *([("bundle adjustment moved cameras", str(adjustment))] if adjustment else []),
+            ("training steps", f"{recognition.get('steps')} of {recognition.get('steps_planned')}"
+             + (" (WARN: stopped by the time cap)" if recognition.get("stopped_by_time_cap") else "")),
+            ("recognition accuracy (held out)",
+             f"{recognition.get('val_landmark_accuracy', nan):.3f} (chance {recognition.get('chance', nan):.3f})")]
+
+
+def format_rows(rows: list[tuple[str, str]]) -> str:
+    """(name, value) rows as an aligned two-column table."""
+    w = max(len(r[0]) for r in rows)
+    return "\n".join(f"  {a:<{w}}  {b}" for a, b in rows)
 
 
 @dataclass

@@ -134,6 +134,16 @@ class LocalizationResult:
         return None if self.T_camera_map is None else invert(self.T_camera_map)
 
 
+def auto_route(images: int, has_baseline: bool) -> tuple[str, bool]:
+    """What `auto` does on a map of `images` images (0: unknown, a map from before the count), with or
+    without the images' keypoints (baseline.npz): (the route from scratch, whether the images that
+    recognition cannot pose are matched against every map image)."""
+    matchable = has_baseline and 0 < images <= AUTO_FALLBACK_MAX_IMAGES
+    if matchable and images <= AUTO_EXHAUSTIVE_MAX_IMAGES:
+        return "exhaustive", False
+    return "pram", matchable
+
+
 class Localizer:
     """Loads a map once, then localizes images (stateful when tracking)."""
 
@@ -149,9 +159,7 @@ class Localizer:
                 manifest = read_manifest(map_or_path)
                 if has_baseline(manifest):
                     m.baseline = load_baseline(map_or_path, manifest)
-            matchable = small and m.baseline is not None  # the map images' keypoints are there
-            self.method = "exhaustive" if matchable and m.images <= AUTO_EXHAUSTIVE_MAX_IMAGES else "pram"
-            self.exhaustive_fallback = matchable and self.method == "pram"
+            self.method, self.exhaustive_fallback = auto_route(m.images, m.baseline is not None)
         if self.method == "exhaustive" and m.baseline is None:
             raise MapError("the exhaustive baseline needs the map's baseline.npz")
         feat = features or FeatureConfig(**m.features, device=conf.device)
