@@ -21,7 +21,7 @@ import torch
 
 import pram_ros  # noqa: F401  (before pycolmap: see README, Known issues)
 from pram_ros.core.build import BuildConfig, BuildSummary, build_map
-from pram_ros.core.fox import fox_to_bags
+from pram_ros.core.image_sets import image_set_to_bags
 from pram_ros.core.training import TrainConfig
 
 
@@ -49,7 +49,7 @@ def main() -> None:
             bag, name, goal_s = a.data / "demo_map", f"demo map bag cut to {a.demo_images} images", 120
             conf = BuildConfig(max_images=a.demo_images)
         else:
-            bag, name, goal_s, conf = fox_to_bags(a.fox, tmp)["map"], "fox map bag", 600, BuildConfig()
+            bag, name, goal_s, conf = image_set_to_bags(a.fox, tmp)["map"], "fox map bag", 600, BuildConfig()
         s, total = timed_build(bag, Path(tmp) / "map.pram", conf)
         print(f"\n{name}, {s.images} images, torch threads {torch.get_num_threads()}")
         print(s.table())

@@ -28,7 +28,7 @@ import pram_ros  # noqa: F401  (before pycolmap: see README, Known issues)
 from pram_ros.core.bag import BagReader, BagWriter
 from pram_ros.core.camera import Camera
 from pram_ros.core.evaluation import evaluate
-from pram_ros.core.fox import FOX_FRAME, load_fox
+from pram_ros.core.image_sets import load_nerf, write_bags
 from pram_ros.core.localizer import Localizer, LocalizerConfig
 from precision import METHODS, fox_folds, map_for
 
@@ -75,13 +75,7 @@ def write_sparse(fox: Path, out: Path, every: int) -> tuple[Path, Path]:
     """Every `every`-th fox image maps, the others query."""
     paths = out / "fox_map", out / "fox_query"
     if not (paths[1] / "metadata.yaml").exists():
-        camera, frames = load_fox(fox)
-        with BagWriter(paths[0], overwrite=True) as m, BagWriter(paths[1], overwrite=True) as q:
-            for i, fr in enumerate(frames):
-                ns = 1_000_000_000 + i * 500_000_000
-                bag = m if i % every == 0 else q
-                bag.write_compressed_bytes(ns, fr.path.read_bytes(), "jpeg", camera, FOX_FRAME)
-                bag.write_pose(ns, fr.T_map_camera)
+        write_bags(load_nerf(fox), out, "fox", lambda i: i % every != 0)
     return paths
 
 

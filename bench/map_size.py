@@ -30,7 +30,7 @@ BASELINE_STAGES = ("matching", "registration")
 
 def maps(data: Path, sizes: list[int], fox: Path) -> dict[str, tuple[Path, Path]]:
     """(map, query bag) per row of the table, built when missing."""
-    from pram_ros.core.fox import fox_to_bags
+    from pram_ros.core.image_sets import image_set_to_bags
 
     full_map, query = ensure_demo(data)
     out = {}
@@ -42,7 +42,7 @@ def maps(data: Path, sizes: list[int], fox: Path) -> dict[str, tuple[Path, Path]
     if (fox / "transforms.json").exists():
         bags = {"map": data / "fox" / "fox_map", "query": data / "fox" / "fox_query"}
         if not all((p / "metadata.yaml").exists() for p in bags.values()):
-            bags = fox_to_bags(fox, data / "fox")
+            bags = image_set_to_bags(fox, data / "fox", name="fox")
         path = data / "map_size" / "fox.pram"
         if not (path / "manifest.json").exists():
             build_map(bags["map"], path, BuildConfig())

@@ -43,13 +43,13 @@ METHODS = {  # name: (map features, localizer method, fine layer)
 def fox_folds(data: Path, fox: Path, folds: int) -> dict[str, tuple[Path, Path]]:
     """(map bag, query bag) of fox's folds, made when missing: fold k (fox, fox1, ... fox4) queries
     every fifth image from the (k + 1)-th on and maps the rest."""
-    from pram_ros.core.fox import fox_to_bags
+    from pram_ros.core.image_sets import image_set_to_bags
 
     out = {}
     for k in range(folds):
         d = data / ("fox" if k == 0 else f"fox_phase{k}")
         if not (d / "fox_map").exists():
-            fox_to_bags(fox, d, query_phase=k)
+            image_set_to_bags(fox, d, query_phase=k, name="fox")
         out["fox" if k == 0 else f"fox{k}"] = (d / "fox_map", d / "fox_query")
     return out
 

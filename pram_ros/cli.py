@@ -119,10 +119,11 @@ def cmd_make_demo_data(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fox_to_bag(a: argparse.Namespace) -> int:
-    from .core.fox import fox_to_bags
+def cmd_images_to_bag(a: argparse.Namespace) -> int:
+    from .core.image_sets import image_set_to_bags
 
-    paths = fox_to_bags(a.fox_dir, a.out, query_every=a.query_every, storage=a.storage)
+    paths = image_set_to_bags(a.folder, a.out, query_every=a.query_every, storage=a.storage, model=a.model,
+                              images=a.images, name=a.name)
     for p in paths.values():
         print(bag_summary(p))
     return 0
@@ -328,12 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "keyframes each (default: 1, the demo)")
     p.set_defaults(func=cmd_make_demo_data)
 
-    p = sub.add_parser("fox-to-bag", help="convert the fox image set into a map bag and a query bag")
-    p.add_argument("fox_dir", help="folder with transforms.json and images/")
+    p = sub.add_parser("images-to-bag", aliases=["fox-to-bag"],
+                       help="convert a posed image set (COLMAP model, or NeRF transforms.json) into map and query bags")
+    p.add_argument("folder", help="a folder with transforms.json (as fox), or a COLMAP scene (a model in it, "
+                                  "sparse/0 or sparse, images in images/)")
+    p.add_argument("--model", default=None, help="the COLMAP model's folder (cameras, images: .bin or .txt)")
+    p.add_argument("--images", default=None, help="the folder the model's image names are relative to "
+                                                  "(default: FOLDER/images)")
+    p.add_argument("--name", default=None, help="bag names NAME_map, NAME_query (default: the folder's name)")
     p.add_argument("--out", default="data", help="output folder (default: data)")
-    p.add_argument("--query-every", type=int, default=5, help="every N-th present image is a query")
+    p.add_argument("--query-every", type=int, default=5, help="every N-th image (in name order) is a query")
     p.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3")
-    p.set_defaults(func=cmd_fox_to_bag)
+    p.set_defaults(func=cmd_images_to_bag)
 
     p = sub.add_parser("build-map", help="build a PRAM map from a contract bag")
     p.add_argument("bag")

@@ -90,9 +90,9 @@ def small_bag(demo_bags, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fox_bags(fox_dir, tmp_path_factory) -> dict[str, Path]:
-    from pram_ros.core.fox import fox_to_bags
+    from pram_ros.core.image_sets import image_set_to_bags
 
-    return fox_to_bags(fox_dir, tmp_path_factory.mktemp("fox"))
+    return image_set_to_bags(fox_dir, tmp_path_factory.mktemp("fox"))
 
 
 @pytest.fixture(scope="session")

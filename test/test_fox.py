@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 
 from pram_ros.core.bag import BagReader
-from pram_ros.core.fox import NERF_TO_OPTICAL, load_fox
+from pram_ros.core.image_sets import NERF_TO_OPTICAL, load_nerf
 from pram_ros.core.geometry import invert
 
 
@@ -33,7 +33,8 @@ def _sampson_px(frames, i, j, cam, nerf_axes=False):
 
 
 def test_poses_follow_the_optical_convention(fox_dir):
-    cam, frames = load_fox(fox_dir)
+    frames = load_nerf(fox_dir)
+    cam = frames[0].camera
     good = _sampson_px(frames, 0, 1, cam)
     flipped = _sampson_px(frames, 0, 1, cam, nerf_axes=True)
     assert good < 1.0, good  # COLMAP poses: sub-pixel with the distortion model respected

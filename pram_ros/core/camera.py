@@ -13,6 +13,13 @@ DISTORTION_MODELS = {
     "rational_polynomial": 8,  # k1 k2 p1 p2 k3 k4 k5 k6
     "equidistant": 4,  # k1 k2 k3 k4 (fisheye)
 }
+# COLMAP camera model -> the ROS distortion model that projects the same way.
+COLMAP_MODELS = {
+    "SIMPLE_PINHOLE": "plumb_bob", "PINHOLE": "plumb_bob", "SIMPLE_RADIAL": "plumb_bob", "RADIAL": "plumb_bob",
+    "OPENCV": "plumb_bob", "FULL_OPENCV": "rational_polynomial", "OPENCV_FISHEYE": "equidistant",
+    "SIMPLE_RADIAL_FISHEYE": "equidistant", "RADIAL_FISHEYE": "equidistant", "SIMPLE_FISHEYE": "equidistant",
+    "FISHEYE": "equidistant",
+}
 
 
 class CameraError(ValueError):
@@ -152,6 +159,18 @@ class Camera:
             out = cv2.undistortPoints(pts, self.K, np.array(self.D), None, None, None,
                                           (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 40, 1e-10))
         return out.reshape(-1, 2)
+
+    @classmethod
+    def from_pycolmap(cls, cam: Any) -> "Camera":
+        """The camera of a pycolmap.Camera whose model a ROS distortion model expresses (COLMAP's
+        extra parameters of these models come in ROS's order: k1 k2 [p1 p2 [k3 ...]])."""
+        name = cam.model.name
+        if name not in COLMAP_MODELS:
+            raise CameraError(f"COLMAP camera model {name} has no ROS equivalent; supported: "
+                              f"{', '.join(sorted(COLMAP_MODELS))} (undistort the images first)")
+        D = tuple(float(cam.params[i]) for i in cam.extra_params_idxs())
+        return cls(int(cam.width), int(cam.height), float(cam.focal_length_x), float(cam.focal_length_y),
+                   float(cam.principal_point_x) - 0.5, float(cam.principal_point_y) - 0.5, COLMAP_MODELS[name], D)
 
     def to_pycolmap(self):
         """The equivalent pycolmap.Camera (COLMAP measures pixels from the corner: +0.5)."""

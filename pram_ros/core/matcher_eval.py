@@ -114,9 +114,10 @@ def evaluate_matchers(sets: dict[str, list[Pair]], methods: dict[str, MatchFn],
 
 def fox_pairs(root: str | Path, extractor: Extractor, step: int = 2) -> list[Pair]:
     """Pairs of fox captures `step` apart (see the module docstring)."""
-    from .fox import load_fox
+    from .image_sets import load_nerf
 
-    camera, frames = load_fox(root)
+    frames = load_nerf(root)
+    camera = frames[0].camera
     feats = [extractor(cv2.imread(str(f.path))).numpy() for f in frames]
     return [Pair(feats[i][0], feats[i][1], camera, feats[i + step][0], feats[i + step][1], camera, None, None,
                  T_1_0=invert(frames[i + step].T_map_camera) @ frames[i].T_map_camera, source="fox")
