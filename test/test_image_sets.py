@@ -39,9 +39,13 @@ def test_every_accepted_colmap_model_projects_as_pycolmap_does():
         Camera.from_pycolmap(pycolmap.Camera(model="FOV", width=640, height=480, params=[500, 500, 320, 240, 0.9]))
 
 
-def _scene(frames, root, missing: str):
-    """A COLMAP scene of the frames: images/seq/NNNN.png, a model in sparse/0 (binary) and in text/,
-    and one more image in the model whose file is missing."""
+@pytest.fixture
+def facade(demo_bags, tmp_path):
+    """(a COLMAP scene of 8 demo images, those frames): images/seq/NNNN.png, the model in sparse/0
+    (binary) and in text/, with one more image, seq/9999.png, whose file is missing."""
+    with BagReader(demo_bags["map"]) as r:
+        frames = list(r.frames())[:8]
+    root, missing = tmp_path / "facade", "seq/9999.png"
     rec = pycolmap.Reconstruction()
     cam = frames[0].camera.to_pycolmap()
     cam.camera_id = 1
@@ -56,13 +60,11 @@ def _scene(frames, root, missing: str):
     for sub, write in (("sparse/0", rec.write), ("text", rec.write_text)):
         (root / sub).mkdir(parents=True)
         write(str(root / sub))
+    return root, frames
 
 
-def test_a_colmap_scene_becomes_a_map_bag_and_a_query_bag(demo_bags, tmp_path, caplog):
-    with BagReader(demo_bags["map"]) as r:
-        frames = list(r.frames())[:8]
-    scene = tmp_path / "facade"
-    _scene(frames, scene, missing="seq/9999.png")
+def test_a_colmap_scene_becomes_a_map_bag_and_a_query_bag(facade, tmp_path, caplog):
+    scene, frames = facade
 
     assert cli.main(["images-to-bag", str(scene), "--out", str(tmp_path / "bags"), "--query-every", "4"]) == 0
     assert "1 image(s) without a file" in caplog.text
@@ -84,7 +86,7 @@ def test_a_colmap_scene_becomes_a_map_bag_and_a_query_bag(demo_bags, tmp_path, c
         assert len(list(m.frames(strict=True))) == 7  # every 5th of 8 queries: 1
 
 
-def test_a_folder_that_is_no_image_set_is_refused(tmp_path, capsys):
+def test_a_folder_that_is_no_image_set_is_refused(facade, tmp_path, capsys):
     (tmp_path / "photos").mkdir()
     assert cli.main(["images-to-bag", str(tmp_path / "photos"), "--out", str(tmp_path / "o")]) == 2
     assert "neither transforms.json nor a COLMAP model" in capsys.readouterr().err
@@ -93,4 +95,6 @@ def test_a_folder_that_is_no_image_set_is_refused(tmp_path, capsys):
         (tmp_path / "broken" / f).write_bytes(b"\x00garbage")
     assert cli.main(["images-to-bag", str(tmp_path / "broken"), "--out", str(tmp_path / "o")]) == 2
     assert "not a readable COLMAP model" in capsys.readouterr().err
+    assert cli.main(["images-to-bag", str(facade[0]), "--out", str(tmp_path / "o"), "--query-every", "9"]) == 2
+    assert "0 of 8 images would be queries" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -131,6 +131,10 @@ def write_bags(frames: list[PosedImage], out_dir: str | Path, name: str, is_quer
                storage: str = "sqlite3", period_s: float = 0.5) -> dict[str, Path]:
     """out_dir/{name}_map and out_dir/{name}_query: frame i goes to the query bag when is_query(i),
     with its pose on the ground-truth topic and its camera on camera_info, `period_s` apart."""
+    queries = sum(map(is_query, range(len(frames))))
+    if not 0 < queries < len(frames):
+        raise ImageSetError(f"{queries} of {len(frames)} images would be queries: the map and the query bag "
+                            "each need at least one")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"map": out / f"{name}_map", "query": out / f"{name}_query"}
