@@ -1,12 +1,14 @@
 """The fine layer (fine.py): full-resolution SIFT points that make the final pose precise."""
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
 from pram_ros.core.evaluation import errors
-from pram_ros.core.fine import FineConfig, FineRegistration, FineView
+from pram_ros.core.features import SiftExtractor
+from pram_ros.core.fine import FineBuildConfig, FineConfig, FineRegistration, FineView
 from pram_ros.core.flow import FlowConfig
 from pram_ros.core.localizer import Localizer, LocalizerConfig
 from pram_ros.core.map import MapError, load_map, save_map
@@ -32,6 +34,23 @@ def test_fine_layer_points_lie_on_the_scenes_surfaces(demo_map):
     err = np.abs(s[np.isfinite(s)] - 0.5)
     assert len(err) > 0.9 * len(s)
     assert np.median(err) < 0.015, np.median(err)
+
+
+def test_fine_sift_shrinks_only_photographs_above_its_limit():
+    """A 2048-px photograph under a 512-px limit is detected at 512 px, keypoints in its own pixels;
+    an image within the limit is not enlarged."""
+    import cv2
+    from skimage import data
+
+    photo = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2GRAY)  # 512 x 512
+    big = cv2.resize(photo, (2048, 2048), interpolation=cv2.INTER_CUBIC)
+    conf = replace(FineBuildConfig(), max_side=512, max_keypoints=1024).features()
+    assert conf.identity()["max_side"] == 512 and conf.pixels_per_detector_pixel(2048, 2048) == 4.0
+    small_kp = SiftExtractor(replace(conf, max_side=0))(photo).keypoints.numpy()
+    big_kp = SiftExtractor(conf)(big).keypoints.numpy()
+    assert np.array_equal(SiftExtractor(conf)(photo).keypoints.numpy(), small_kp)  # not enlarged
+    d, _ = cKDTree((small_kp + 0.5) * 4 - 0.5).query(big_kp)  # the same places, in the big image's pixels
+    assert np.mean(d < 1.0) > 0.8, np.mean(d < 1.0)  # a quarter of a pixel of the 512-px image
 
 
 def test_the_fine_layer_matches_the_images_that_share_coarse_points():

@@ -33,6 +33,12 @@ class FeatureConfig:
     weights: str = setting("", "superpoint only: weights file in the MagicLeap superpoint_v1.pth layout")
     detection_threshold: float = 0.0  # 0 = the extractor's default
     half: bool = False  # fp16 autocast on CUDA (ignored on the CPU); bench/gpu_check.py measures its effect
+    max_side: int = 0  # with resize_max 0: images whose longest side exceeds this are shrunk to it, never
+    # enlarged (0: no limit), so a full-resolution detector's cost stays bounded on a 20-megapixel photograph
+
+    def side(self, width: int, height: int) -> int:
+        """The longest side of the image the detector sees."""
+        return self.resize_max or min(max(width, height), self.max_side or max(width, height))
 
     def __post_init__(self) -> None:
         validate(self)
@@ -40,12 +46,13 @@ class FeatureConfig:
     def pixels_per_detector_pixel(self, width: int, height: int) -> float:
         """Image pixels per pixel of the (resized) image the detector sees: pixel thresholds set for
         the detector's noise scale with it."""
-        return max(width, height) / self.resize_max if self.resize_max else 1.0
+        return max(width, height) / self.side(width, height)
 
     def identity(self) -> dict:
         """What must match between a map and the localizer using it."""
         d = asdict(self)
-        return {k: d[k] for k in ("name", "max_keypoints", "resize_max")}
+        return {k: d[k] for k in ("name", "max_keypoints", "resize_max")} | ({"max_side": self.max_side}
+                                                                              if self.max_side else {})
 
 
 @dataclass
@@ -95,8 +102,8 @@ class Extractor:
         gray = to_gray(image)
         h, w = gray.shape
         s = 1.0
-        if self.conf.resize_max and max(h, w) != self.conf.resize_max:
-            s = self.conf.resize_max / max(h, w)
+        if self.conf.side(w, h) != max(h, w):
+            s = self.conf.side(w, h) / max(h, w)
             gray = cv2.resize(gray, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
         with torch.autocast("cuda", torch.float16, enabled=self.conf.half and self.device.type == "cuda"):
             kpts, desc, scores = self._detect(gray)
