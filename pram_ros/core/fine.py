@@ -45,8 +45,9 @@ class FineBuildConfig:
     max_keypoints: int = setting(4096, "SIFT keypoints per map image", range=(64, 16384))  # as the classic
     # pipeline's; 2048 halves the layer (the demo's: 36k points, 5.1 MB against 9.5) but left fox's
     # poses about 1.2x the reference's errors against 1.0x (bench/RESULTS.md, 2026-12-03)
-    max_side: int = 3200  # longest image side for SIFT, map and query alike: larger photographs are shrunk
-    # to it (COLMAP's default for its SIFT): on a 20-megapixel image SIFT took 7.4 s and 4.6 GB, shrunk to 3200 px 0.9-1.7 s
+    max_side: int = 3200  # longest image side for SIFT, map and query alike: larger photographs are
+    # shrunk to it (COLMAP's default for its SIFT): on a 20-megapixel image SIFT took 7.4 s and 4.6 GB,
+    # shrunk to 3200 px 0.9-1.7 s
     min_track: int = 3  # points seen in fewer images are not kept (2 and 4 gave larger errors on fox,
     # bench/RESULTS.md, 2026-12-07)
     sfm: SfmConfig = SfmConfig()  # its pixel thresholds apply at full resolution
