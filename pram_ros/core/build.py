@@ -477,7 +477,7 @@ def build_map(bag: str | Path, out: str | Path, conf: BuildConfig = BuildConfig(
         seen = local[obs.image] >= 0
         covisible = set(covisible_pairs(obs.point[seen], local[obs.image[seen]], len(ids)))
         f = build_fine_layer([kfs[i].image for i in ids], [kfs[i].camera for i in ids], [T_cw[i] for i in ids],
-                             conf.fine, progress, covisible)
+                             conf.fine, progress, covisible, conf.prior_sigma_m if source == "tf" else 0.0)
         return {"points": f.points, "descriptors": f.descriptors, "seen_along": f.seen_along}, {"features": f.features}
 
     fine = None

@@ -5,7 +5,8 @@ and the points triangulated from them to a few centimetres; a classic SIFT pipel
 resolution is 3-4x more precise (bench/RESULTS.md). The fine layer gives PRAM that precision
 without a classic pipeline's search:
 - **build**: RootSIFT on the map images at full resolution, triangulated at the poses SfM already
-  found for them (no new reconstruction), points seen in at least three images kept with one
+  found for them (no new reconstruction; poses from a SLAM run are first refined by bundle
+  adjustment over the SIFT tracks), points seen in at least three images kept with one
   medoid descriptor each;
 - **query**: once the coarse pose is known, SIFT keypoints of the query are matched only to the
   fine points that project within a few pixels of them; the coarse pose is re-fit to those
@@ -92,17 +93,23 @@ class FineConfig:
 
 def build_fine_layer(images: list[np.ndarray], cameras: list[Camera], T_cw: list[np.ndarray],
                      conf: FineBuildConfig = FineBuildConfig(), progress: bool = True,
-                     covisible: set[tuple[int, int]] | None = None) -> FineLayer:
-    """SIFT points of the map images triangulated at their (fixed) poses T_cw (camera from map),
-    matched in run_sfm's pairs, or only those of them that share a point of the coarse map
-    (`covisible`, see covisible_pairs): matching 4096 keypoints costs 46 ms a pair, and 80% of a
-    50-image map's 1225 pairs saw nothing in common (57 of the layer's 62 s)."""
+                     covisible: set[tuple[int, int]] | None = None, prior_sigma_m: float = 0.0) -> FineLayer:
+    """SIFT points of the map images triangulated at their poses T_cw (camera from map), matched
+    in run_sfm's pairs, or only those of them that share a point of the coarse map (`covisible`,
+    see covisible_pairs): matching 4096 keypoints costs 46 ms a pair, and 80% of a 50-image map's
+    1225 pairs saw nothing in common (57 of the layer's 62 s).
+
+    `prior_sigma_m` > 0: T_cw are approximate (a SLAM run's, after the coarse SfM's bundle
+    adjustment), and a bundle adjustment over the SIFT tracks, the same position priors held,
+    refines them before the points are triangulated: the coarse features' 640-px keypoints left a
+    SLAM-run demo map's cameras 1.8 cm from the truth, and the final poses 2.4 cm off against 1.5
+    cm with this adjustment (bench/RESULTS.md, 2026-12-07)."""
     from tqdm import tqdm
 
     sift = SiftExtractor(conf.features())
     feats = [sift(img).numpy() for img in tqdm(images, desc="fine features", unit="img", disable=not progress)]
     inputs = [SfmInput(f"{i:05d}", cam, k, d, invert(T)) for i, (cam, (k, d), T) in enumerate(zip(cameras, feats, T_cw))]
-    r = run_sfm(inputs, conf.sfm, among=covisible)
+    r = run_sfm(inputs, conf.sfm, among=covisible, prior_sigma_m=prior_sigma_m)
     points, obs = well_observed(r, conf.min_track)
     desc = medoid_descriptors(obs, [d for _, d in feats], len(points))
     centres = np.array([invert(T)[:3, 3] for T in T_cw])
