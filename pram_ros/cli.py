@@ -48,9 +48,11 @@ def bag_summary(path: Path, topics: BagTopics = BagTopics()) -> str:
         lines += [f"  {t:<32} {ty:<32} {counts.get(t, 0):>6} msgs" for t, ty in sorted(r.available.items())]
         first = next(r.frames(), None)
         if first is not None:
-            c = first.camera
-            lines.append(f"  images: {len(r)} x {c.width}x{c.height} on {r.image_topic}, camera {c.model} "
-                         f"fx={c.fx:.1f} fy={c.fy:.1f}, frame '{first.camera_frame}'")
+            cams = [f"{c.width}x{c.height} {c.model} fx={c.fx:.1f} fy={c.fy:.1f}" for c in r.cameras()]
+            lines.append(f"  images: {len(r)} on {r.image_topic}, camera {cams[0]}, frame '{first.camera_frame}'"
+                         if len(cams) == 1 else
+                         f"  images: {len(r)} on {r.image_topic}, {len(cams)} cameras ({'; '.join(cams[:3])}"
+                         f"{'; ...' if len(cams) > 3 else ''}), frame '{first.camera_frame}'")
             fn = r.frame_names
             lines.append(f"  ground-truth poses: {'yes' if r.has_poses else 'no'}; SLAM poses ({fn.map} -> {fn.base} "
                          f"on TF): {'yes' if r.has_global_poses else 'no'}; odometry: "

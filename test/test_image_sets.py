@@ -41,21 +41,25 @@ def test_every_accepted_colmap_model_projects_as_pycolmap_does():
 
 @pytest.fixture
 def facade(demo_bags, tmp_path):
-    """(a COLMAP scene of 8 demo images, those frames): images/seq/NNNN.png, the model in sparse/0
-    (binary) and in text/, with one more image, seq/9999.png, whose file is missing."""
+    """(a COLMAP scene of 8 demo images, those frames): images/seq/NNNN.png, every second image
+    from a second camera (half the size), the model in sparse/0 (binary) and in text/, with one more
+    image, seq/9999.png, whose file is missing."""
     with BagReader(demo_bags["map"]) as r:
         frames = list(r.frames())[:8]
+    for f in frames[1::2]:
+        f.image, f.camera = cv2.resize(f.image, (320, 240), interpolation=cv2.INTER_AREA), f.camera.scaled(0.5)
     root, missing = tmp_path / "facade", "seq/9999.png"
     rec = pycolmap.Reconstruction()
-    cam = frames[0].camera.to_pycolmap()
-    cam.camera_id = 1
-    rec.add_camera_with_trivial_rig(cam)
+    for camera_id, f in enumerate(frames[:2], 1):
+        cam = f.camera.to_pycolmap()
+        cam.camera_id = camera_id
+        rec.add_camera_with_trivial_rig(cam)
     (root / "images" / "seq").mkdir(parents=True)
     for i, f in enumerate([*frames, frames[0]]):
         name = missing if i == len(frames) else f"seq/{i:04d}.png"
         if i < len(frames):
             cv2.imwrite(str(root / "images" / name), f.image)
-        rec.add_image_with_trivial_frame(pycolmap.Image(name=name, camera_id=1, image_id=i + 1),
+        rec.add_image_with_trivial_frame(pycolmap.Image(name=name, camera_id=1 + i % 2, image_id=i + 1),
                                          rigid3d(invert(f.T_map_camera)))
     for sub, write in (("sparse/0", rec.write), ("text", rec.write_text)):
         (root / sub).mkdir(parents=True)
@@ -63,16 +67,17 @@ def facade(demo_bags, tmp_path):
     return root, frames
 
 
-def test_a_colmap_scene_becomes_a_map_bag_and_a_query_bag(facade, tmp_path, caplog):
+def test_a_colmap_scene_becomes_a_map_bag_and_a_query_bag(facade, tmp_path, caplog, capsys):
     scene, frames = facade
 
     assert cli.main(["images-to-bag", str(scene), "--out", str(tmp_path / "bags"), "--query-every", "4"]) == 0
     assert "1 image(s) without a file" in caplog.text
+    assert "images: 6 on /camera/image_raw/compressed, 2 cameras (640x480 plumb_bob" in capsys.readouterr().out
     with BagReader(tmp_path / "bags" / "facade_map") as m, BagReader(tmp_path / "bags" / "facade_query") as q:
         got = {"map": list(m.frames(strict=True)), "query": list(q.frames(strict=True))}
     assert [len(got["map"]), len(got["query"])] == [6, 2]  # images 3 and 7 (every 4th) query
     for g, f in zip(sorted(got["map"] + got["query"], key=lambda g: g.stamp_ns), frames):
-        assert np.array_equal(g.image, f.image)  # PNG: the pixels unchanged
+        assert np.array_equal(g.image, f.image)  # PNG: the pixels unchanged, each image at its own size
         np.testing.assert_allclose(g.T_map_camera, f.T_map_camera, atol=1e-9)
         np.testing.assert_allclose(g.camera.project(np.array([[0.3, -0.2, 2.0]]))[0],
                                    f.camera.project(np.array([[0.3, -0.2, 2.0]]))[0], atol=1e-6)

@@ -208,6 +208,15 @@ class BagReader:
             if self.has_poses else []
         return [s for s, _ in items], [T for _, T in items]
 
+    def cameras(self) -> dict[Camera, int]:
+        """The distinct cameras on camera_info, in order of first appearance, with their message counts
+        (a bag from several cameras, or one whose calibration changed)."""
+        counts: dict[Camera, int] = {}
+        for _, m in self._messages(self.topics.camera_info):
+            c = Camera.from_camera_info(m)
+            counts[c] = counts.get(c, 0) + 1
+        return counts
+
     def frames(self, strict: bool = False) -> Iterator[Frame]:
         """Time-ordered frames; an undecodable image is skipped with a warning (raised if strict)."""
         infos = sorted((stamp_ns(m.header), m) for _, m in self._messages(self.topics.camera_info))
