@@ -26,6 +26,7 @@ from .geometry import essential, invert, make_T, rotation_error_deg, sampson_px
 from .matching import MatchConfig, mutual_nn
 
 log = logging.getLogger(__name__)
+RANDOM_SEED = 0  # pycolmap's RANSAC (verification, triangulation) otherwise seeds itself: the same bag, another map
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,9 @@ def _verify_by_images(tmp: Path, db_path: Path, inputs: list[SfmInput],
             db.write_matches(i + 1, j + 1, m.astype(np.uint32))
     pairs_txt = tmp / "pairs.txt"
     pairs_txt.write_text("".join(f"{inputs[i].name} {inputs[j].name}\n" for i, j in matches))
-    pycolmap.verify_matches(db_path, pairs_txt)
+    opts = pycolmap.TwoViewGeometryOptions()
+    opts.ransac.random_seed = RANDOM_SEED
+    pycolmap.verify_matches(db_path, pairs_txt, options=opts)
 
 
 def _triangulate(out: Path, db_path: Path, inputs: list[SfmInput], cams: list[Camera], cam_of: list[int],
@@ -261,6 +264,7 @@ def _triangulate(out: Path, db_path: Path, inputs: list[SfmInput], cams: list[Ca
         rec.add_image_with_trivial_frame(img, rigid3d(T_cw[i]))
     opts = pycolmap.IncrementalPipelineOptions()
     opts.extract_colors = False
+    opts.random_seed = RANDOM_SEED
     opts.triangulation.min_angle = conf.min_tri_angle_deg
     (out / "images").mkdir(parents=True)
     (out / "out").mkdir()
@@ -310,6 +314,7 @@ def _incremental(tmp: Path, db_path: Path, inputs: list[SfmInput], matches: dict
     _verify_by_images(tmp, db_path, inputs, matches)
     opts = pycolmap.IncrementalPipelineOptions()
     opts.extract_colors = False
+    opts.random_seed = RANDOM_SEED
     opts.num_threads = 2
     (tmp / "images").mkdir()
     (tmp / "out").mkdir()

@@ -23,7 +23,7 @@ from .evaluation import write_atomic
 log = logging.getLogger(__name__)
 # The stages in order, each with its format: raise a stage's number when the code changes what the
 # stage computes or stores, so that the work directories of earlier builds redo it (and what follows).
-STAGE_VERSIONS = {"frames": 1, "features": 1, "sfm": 1, "landmarks": 1, "training": 1, "fine": 3, "write": 1}
+STAGE_VERSIONS = {"frames": 1, "features": 1, "sfm": 2, "landmarks": 1, "training": 1, "fine": 3, "write": 1}
 STAGES = tuple(STAGE_VERSIONS)
 
 
