@@ -72,17 +72,23 @@ def test_tf_poses_are_found_skipped_where_missing_and_take_a_configured_extrinsi
         BuildConfig(camera_extrinsic="1 2 3")
 
 
-def test_the_fine_layer_of_a_slam_run_adjusts_its_poses_by_its_own_sift_tracks(demo_bags, tmp_path):
-    """Fine points triangulated at a SLAM's poses (2 cm, 0.3 deg) as they are lie far from the rendered
-    surfaces; a bundle adjustment over the SIFT tracks, the SLAM positions as priors, brings them
-    several times closer (what the build does for a map from TF poses)."""
-    bag = tmp_path / "slam"
+@pytest.fixture(scope="module")
+def slam_keyframes(demo_bags, tmp_path_factory):
+    """(the keyframes of the short demo run as a SLAM records it, with its poses; their images by stamp)"""
+    bag = tmp_path_factory.mktemp("slam_keyframes") / "slam"
     write_slam_run(demo_bags["map"], bag, sigma_xy_m=SLAM_SIGMA_M, sigma_yaw_deg=SLAM_SIGMA_DEG,
                    start_delay_s=SLAM_DELAY_S)
     conf = BuildConfig()
     with BagReader(bag, frames=conf.frames()) as r:
-        kfs = select_keyframes(r, conf).keyframes
-        image = {f.stamp_ns: f.image for f in r.frames()}
+        return select_keyframes(r, conf).keyframes, {f.stamp_ns: f.image for f in r.frames()}
+
+
+def test_the_fine_layer_of_a_slam_run_adjusts_its_poses_by_its_own_sift_tracks(slam_keyframes):
+    """Fine points triangulated at a SLAM's poses (2 cm, 0.3 deg) as they are lie far from the rendered
+    surfaces; a bundle adjustment over the SIFT tracks, the SLAM positions as priors, brings them
+    several times closer (what the build does for a map from TF poses)."""
+    kfs, image = slam_keyframes
+    conf = BuildConfig()
     scene = build_scene()
 
     def surface_error(prior_sigma_m: float) -> float:
@@ -99,16 +105,11 @@ def test_the_fine_layer_of_a_slam_run_adjusts_its_poses_by_its_own_sift_tracks(d
     assert adjusted < 0.5 * as_given and adjusted < 0.05
 
 
-def test_the_same_slam_run_gives_the_same_adjusted_map(demo_bags, tmp_path):
+def test_the_same_slam_run_gives_the_same_adjusted_map(slam_keyframes):
     """pycolmap's RANSAC (match verification, triangulation) is seeded: bundle adjustment from the same
     bag lands on the same poses and points, run after run (unseeded, cameras moved by centimetres)."""
-    bag = tmp_path / "slam"
-    write_slam_run(demo_bags["map"], bag, sigma_xy_m=SLAM_SIGMA_M, sigma_yaw_deg=SLAM_SIGMA_DEG,
-                   start_delay_s=SLAM_DELAY_S)
+    kfs, image = slam_keyframes
     conf = BuildConfig()
-    with BagReader(bag, frames=conf.frames()) as r:
-        kfs = select_keyframes(r, conf).keyframes
-        image = {f.stamp_ns: f.image for f in r.frames()}
     extractor = make_extractor(FeatureConfig(device="cpu"))
     inputs = [SfmInput(k.name, k.camera, *extractor(image[k.stamp_ns]).numpy(), k.T_map_camera) for k in kfs]
     first, again = (run_sfm(inputs, conf.sfm, prior_sigma_m=conf.prior_sigma_m) for _ in range(2))

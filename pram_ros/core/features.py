@@ -101,9 +101,8 @@ class Extractor:
     def __call__(self, image: np.ndarray) -> Features:
         gray = to_gray(image)
         h, w = gray.shape
-        s = 1.0
-        if self.conf.side(w, h) != max(h, w):
-            s = self.conf.side(w, h) / max(h, w)
+        s = self.conf.side(w, h) / max(h, w)
+        if s != 1.0:
             gray = cv2.resize(gray, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
         with torch.autocast("cuda", torch.float16, enabled=self.conf.half and self.device.type == "cuda"):
             kpts, desc, scores = self._detect(gray)
